@@ -1,0 +1,388 @@
+"""Typed, frozen configuration: one dataclass per section of ``params.yaml``.
+
+``params.yaml`` is the only source of hyperparameters. Each stage parses the *whole* file with
+:func:`load` before doing any work, so a bad value stops the first stage that runs, in seconds,
+with a
+message naming the key, the value and what is allowed. Unknown keys are errors. Numbers written as
+strings (``dvc exp run -S train.lr=1e-05`` writes ``'1e-05'``, which YAML 1.1 does not read as
+a float)
+are accepted. Each component receives only its own section, never the whole config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A value in params.yaml is missing, unknown or out of range."""
+
+
+def _check(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple | None = None,
+) -> Any:
+    """A dataclass field with bounds or choices that :func:`_parse` enforces."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------- sections
+LOSS_OPTION_KEYS = ("tau", "gamma", "beta", "base", "max_m", "s", "lam", "weights")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """A loss by registry name plus its options; keys a loss does not take are ignored by it."""
+
+    name: str = "ce"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The options this loss accepts, as keyword arguments for ``losses.create``."""
+        from longtail import losses
+
+        accepted = losses.option_names(self.name)
+        return {k: v for k, v in self.options.items() if k in accepted}
+
+
+@dataclass(frozen=True)
+class ListsConfig:
+    """List files (``path label`` per line, classifier-balancing format) of image-list datasets."""
+
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data``: which dataset, where it comes from, and how the imbalance is injected."""
+
+    name: str = "digits"
+    root: str | None = None
+    archive: str | None = None
+    md5: str | None = "auto"
+    imbalance: float = _check(50.0, ge=1.0)
+    profile: Literal["exp", "step"] = "exp"
+    n_max: int | None = _check(None, gt=0)
+    n_min: int | None = _check(None, gt=0)
+    val_per_class: int | None = _check(None, ge=0)
+    test_per_class: int | None = _check(None, gt=0)
+    lists: ListsConfig = field(default_factory=ListsConfig)
+    pareto_alpha: float = _check(6.0, gt=0)
+    image_size: int | None = _check(None, gt=0)
+    workers: int = _check(2, ge=0)
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """``frames``: frame extraction and clip sampling of the video datasets."""
+
+    fps: float | None = _check(None, gt=0)
+    size: int = _check(32, gt=0)
+    workers: int = _check(2, ge=1)
+    skip_bad: bool = False
+    segments: int = _check(8, gt=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the network; ``auto`` picks the dataset's backbone from the papers."""
+
+    arch: str = "auto"
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule of one training stage (SGD with momentum, warmup, step or cosine)."""
+
+    epochs: int = _check(100, ge=0)
+    batch_size: int = _check(128, gt=0)
+    lr: float = _check(0.1, gt=0)
+    momentum: float = _check(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = _check(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = _check(0.1, gt=0, le=1)
+    warmup_epochs: int = _check(0, ge=0)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """``pretrain``: representation learning (plain CE by default)."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: str = "instance"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """``finetune``: loss-specific fine-tuning of the pretrained network."""
+
+    mode: Literal["none", "full"] = "full"
+    sampler: str = "instance"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: how both training stages run (the fast path switches), not what they compute."""
+
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
+    eval_batch_size: int = _check(1024, gt=0)
+    checkpoint_minutes: float = _check(10.0, gt=0)
+    log_every_epochs: int = _check(1, gt=0)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate``: shot thresholds (many: > many_shot train images; few: < few_shot)."""
+
+    many_shot: int = _check(100, ge=0)
+    few_shot: int = _check(20, ge=0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole ``params.yaml``."""
+
+    seed: int = _check(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    determinism: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(name="cdb_ce"))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+# Sections whose flat YAML keys fold into a nested dataclass field (pretrain.lr -> optim.lr).
+_FLATTENED = {PretrainConfig: "optim", FinetuneConfig: "optim"}
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _fail(key: str, expected: str, value: Any) -> typing.NoReturn:
+    raise ConfigError(f"{key}: expected {expected}; got {value!r}")
+
+
+def _unknown(key: str, valid: list[str]) -> typing.NoReturn:
+    raise ConfigError(f"{key}: unknown key; valid keys here are {', '.join(valid)}")
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        _fail(key, f"a{'n integer' if kind is int else ' number'}", value)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            _fail(key, f"a{'n integer' if kind is int else ' number'}", value)
+    if not isinstance(value, (int, float)):
+        _fail(key, f"a{'n integer' if kind is int else ' number'}", value)
+    if kind is int:
+        if float(value) != int(value):
+            _fail(key, "an integer", value)
+        return int(value)
+    return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    _fail(key, "true or false", value)
+
+
+def _convert(key: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` to the annotated type ``hint`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        is_null = value is None or (
+            isinstance(value, str) and value.lower() in ("null", "none", "~")
+        )
+        if is_null and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(key, value, inner[0]) if len(inner) == 1 else value
+    if origin is Literal:
+        if value not in args:
+            _fail(key, "one of " + ", ".join(map(str, args)), value)
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]()").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            _fail(key, "a list", value)
+        return tuple(_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _parse(hint, value, key)
+    if hint is bool:
+        return _bool(key, value)
+    if hint in (int, float):
+        return _number(key, value, hint)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            _fail(key, "a string", value)
+        return str(value)
+    if hint is Any or hint is typing.Mapping or origin is Mapping:
+        return value
+    raise TypeError(f"unsupported annotation {hint!r} for {key}")
+
+
+def _bounds(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if value is None:
+        return
+    for name, op, word in (
+        ("ge", float.__ge__, ">="),
+        ("gt", float.__gt__, ">"),
+        ("le", float.__le__, "<="),
+        ("lt", float.__lt__, "<"),
+    ):
+        bound = meta.get(name)
+        if bound is not None and not op(float(value), float(bound)):
+            _fail(key, f"a number {word} {bound:g}", value)
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        _fail(key, "one of " + ", ".join(map(str, meta["choices"])), value)
+
+
+def _parse(cls: type, raw: Any, prefix: str) -> Any:
+    if cls is LossConfig:
+        return _parse_loss(raw, prefix)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        _fail(prefix or "params.yaml", "a mapping of keys", raw)
+    raw = dict(raw)
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    nested = _FLATTENED.get(cls)
+    if nested is not None:
+        nested_cls = hints[nested]
+        nested_keys = {f.name for f in dataclasses.fields(nested_cls)}
+        flat = {k: raw.pop(k) for k in list(raw) if k in nested_keys}
+        kwargs[nested] = _parse(nested_cls, flat, prefix)
+    known = {f.name for f in dataclasses.fields(cls)} - ({nested} if nested else set())
+    for key in raw:
+        if key not in known:
+            valid = sorted(known | (nested_keys if nested else set()))
+            _unknown(f"{prefix}.{key}".lstrip("."), valid)
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        key = f"{prefix}.{f.name}".lstrip(".")
+        value = _convert(key, raw[f.name], hints[f.name])
+        _bounds(key, value, f.metadata)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _parse_loss(raw: Any, prefix: str) -> LossConfig:
+    """Parse a loss section: ``name`` plus options, validated by the loss registry itself."""
+    from longtail import losses
+
+    if raw is None:
+        raw = {}
+    if isinstance(raw, str):  # ``pretrain.loss: ce`` is shorthand for ``{name: ce}``
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        _fail(prefix, "a mapping with a 'name'", raw)
+    raw = dict(raw)
+    name = str(raw.pop("name", "ce"))
+    if name not in losses.names():
+        _fail(f"{prefix}.name", "one of " + ", ".join(losses.names()), name)
+    for key in raw:
+        if key not in LOSS_OPTION_KEYS:
+            _unknown(f"{prefix}.{key}", ["name", *LOSS_OPTION_KEYS])
+    options = {k: _loss_value(v) for k, v in raw.items()}
+    config = LossConfig(name=name, options=types.MappingProxyType(options))
+    try:  # the registry validates option values; two dummy classes suffice for that
+        losses.create(name, [1, 1], **config.kwargs())
+    except ValueError as err:
+        raise ConfigError(f"{prefix}.{err}") from None
+    return config
+
+
+def _loss_value(value: Any) -> Any:
+    """Loss options arrive as YAML scalars; numeric strings become numbers (DVC writes 1e-05)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None if value.lower() in ("null", "none") else value
+    return value
+
+
+def parse(raw: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from a parsed params mapping, validating every key."""
+    config = _parse(Config, raw, "")
+    _check_registries(config)
+    return config
+
+
+def _check_registries(config: Config) -> None:
+    """Names that pick from a registry must name a registered entry."""
+    from longtail import data, nets, samplers
+
+    if config.data.name not in data.names():
+        _fail("data.name", "one of " + ", ".join(data.names()), config.data.name)
+    if config.model.arch != "auto" and config.model.arch not in nets.names():
+        _fail("model.arch", "one of auto, " + ", ".join(nets.names()), config.model.arch)
+    for key, name in (
+        ("pretrain.sampler", config.pretrain.sampler),
+        ("finetune.sampler", config.finetune.sampler),
+    ):
+        if name not in samplers.names():
+            _fail(key, "one of " + ", ".join(samplers.names()), name)
+
+
+def load(path: str | Path = "params.yaml") -> Config:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found (run the stages from the repository root)")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    return parse(raw)
+
+
+def to_dict(config: Any) -> Any:
+    """A plain, YAML/JSON-serialisable copy of a config (saved inside every checkpoint)."""
+    if isinstance(config, LossConfig):
+        return {"name": config.name, **dict(config.options)}
+    if dataclasses.is_dataclass(config):
+        out = {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+        nested = _FLATTENED.get(type(config))
+        if nested:
+            out.update(out.pop(nested))
+        return out
+    if isinstance(config, (tuple, list)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, Mapping):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config

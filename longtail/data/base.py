@@ -1,0 +1,229 @@
+"""What every dataset family provides, the prepared-data layout, and the in-memory source.
+
+A family (``digits``, ``cifar100``, ``imagenet_lt``, ``egtea``, ...) is four functions the stages
+call
+in order — ``download`` into ``data/raw/<name>``, ``prepare`` the long-tailed manifests into
+``data/prepared``, ``extract`` frames into ``data/frames`` (or record that there is nothing to
+extract) — plus ``open``, which gives the training loop a :class:`Source` for one split.
+
+Prepared layout (``data/prepared``): ``train.csv``, ``val.csv``, ``test.csv`` (one row per sample, a
+``label`` column, 0-based), ``class_counts.json`` (per-class counts of every split and the class
+names) and ``dataset.json`` (kind, input channels, normalisation). In-memory families also store one
+uint8 array per split, ``<split>_images.npy`` (N, C, H, W), row ``i`` matching CSV row ``i``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from longtail import io
+from longtail.data.augment import normalize, random_crop_flip
+
+if TYPE_CHECKING:
+    from longtail.config import DataConfig, FramesConfig
+
+SPLITS = ("train", "val", "test")
+
+
+class Source(Protocol):
+    """One split as the training loop sees it: labels, and batches in a given order."""
+
+    labels: torch.Tensor  # (N,) int64, CPU
+    in_channels: int
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` on the training device for consecutive chunks of ``order``.
+
+        ``train`` turns on the training augmentation, drawn from ``generator``. The last chunk may
+        be shorter than ``batch_size``.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """Everything ``Family.open`` may need: configs, stage directories and the device."""
+
+    data: DataConfig
+    frames: FramesConfig
+    raw_dir: Path
+    prepared_dir: Path
+    frames_dir: Path
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Family:
+    """A dataset family: the functions the stages call, and its defaults from the papers."""
+
+    name: str
+    kind: Literal["image", "video"]
+    default_arch: str
+    download: Callable[[DataConfig, Path], None]
+    prepare: Callable[[DataConfig, int, Path, Path], None]
+    open: Callable[[SourceContext, str], Source]
+    extract: Callable[[FramesConfig, Path, Path, Path], None] | None = None
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add ``family`` to the registry; a duplicate name is a programming error."""
+    if family.name in FAMILIES:
+        raise ValueError(f"dataset family {family.name!r} is registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+def names() -> tuple[str, ...]:
+    """Registered dataset names."""
+    _load_builtin()
+    return tuple(FAMILIES)
+
+
+def get(name: str) -> Family:
+    """The family called ``name``, or an error listing the valid names."""
+    _load_builtin()
+    if name not in FAMILIES:
+        raise ValueError(f"data.name: expected one of {', '.join(FAMILIES)}; got {name!r}")
+    return FAMILIES[name]
+
+
+def _load_builtin() -> None:
+    """Import the built-in family modules (each registers itself on import)."""
+    import longtail.data.digits  # noqa: F401
+
+
+# ----------------------------------------------------------------------------- prepared layout
+def write_prepared(
+    out_dir: Path,
+    manifests: dict[str, pd.DataFrame],
+    class_names: Sequence[str],
+    info: dict[str, Any],
+    images: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write the manifests, per-split arrays, ``class_counts.json`` and ``dataset.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_classes = len(class_names)
+    counts = {}
+    for split in SPLITS:
+        frame = manifests[split]
+        with io.atomic_path(out_dir / f"{split}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        counts[split] = np.bincount(frame["label"].to_numpy(), minlength=num_classes).tolist()
+        if images is not None:
+            assert len(images[split]) == len(frame), split
+            io.save_npy(out_dir / f"{split}_images.npy", images[split])
+    io.write_json(
+        out_dir / "class_counts.json",
+        {"num_classes": num_classes, "names": list(class_names), **counts},
+    )
+    io.write_json(out_dir / "dataset.json", {"num_classes": num_classes, **info})
+
+
+def read_manifest(prepared_dir: Path, split: str) -> pd.DataFrame:
+    """The manifest of ``split``."""
+    return pd.read_csv(prepared_dir / f"{split}.csv")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file as a dict, with an error naming the stage that writes it when missing."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def class_counts(prepared_dir: Path, split: str = "train") -> list[int]:
+    """Per-class sample counts of ``split``."""
+    return read_json(prepared_dir / "class_counts.json")[split]
+
+
+def write_nothing_to_extract(frames_dir: Path, name: str) -> None:
+    """The ``extract_frames`` output of an image dataset: a manifest that says why it is empty."""
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json(
+        frames_dir / "manifest.json",
+        {
+            "dataset": name,
+            "kind": "image",
+            "clips": 0,
+            "frames": 0,
+            "note": "image dataset: there are no frames to extract; training reads data/prepared",
+        },
+    )
+
+
+# -------------------------------------------------------------------------------- in-memory source
+class TensorSource:
+    """A split held on the training device as uint8, augmented there in whole batches.
+
+    Args:
+        images: (N, C, H, W) uint8.
+        labels: (N,) integer labels.
+        mean, std: per-channel normalisation of images scaled to [0, 1].
+        padding: ``RandomCrop(H, padding)`` of the training augmentation (0: none).
+        flip: random horizontal flip in training.
+        device: where the data lives and batches are produced.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        padding: int,
+        flip: bool,
+        device: torch.device,
+    ) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(torch.int64).cpu()
+        self._labels_dev = self.labels.to(device)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.padding, self.flip = padding, flip
+        self.device = device
+        self.in_channels = int(images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = order.to(self.device)
+        augment = train and (self.padding > 0 or self.flip)
+        for idx in order.split(batch_size):
+            x = self.images[idx]  # (B, C, H, W) uint8
+            if augment:
+                x = random_crop_flip(x, padding=self.padding, flip=self.flip, generator=generator)
+            yield normalize(x, self.mean, self.std), self._labels_dev[idx]
+
+
+def open_arrays(ctx: SourceContext, split: str, *, padding: int, flip: bool) -> TensorSource:
+    """A :class:`TensorSource` over ``<split>_images.npy`` and the split's manifest labels."""
+    info = read_json(ctx.prepared_dir / "dataset.json")
+    images = torch.from_numpy(np.load(ctx.prepared_dir / f"{split}_images.npy"))
+    labels = torch.from_numpy(read_manifest(ctx.prepared_dir, split)["label"].to_numpy())
+    return TensorSource(
+        images,
+        labels,
+        mean=info["mean"],
+        std=info["std"],
+        padding=padding,
+        flip=flip,
+        device=ctx.device,
+    )

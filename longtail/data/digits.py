@@ -1,0 +1,126 @@
+"""digits-LT: the embedded default dataset, built from scikit-learn's bundled UCI optical digits.
+
+1,797 grayscale 8×8 images of 10 classes (Alpaydin & Kaynak, UCI 1998) ship inside scikit-learn, so
+the whole pipeline runs with no network. Protocol: per class, a balanced test set and then a
+balanced
+val set are carved out first (seeded); the exponential or step profile of LDAM-DRW / BALMS / CDB-CE
+is then applied to the rest, with ``n_max`` defaulting to the smallest remaining class so that every
+class can reach its count. Pixel values 0..16 are stored as uint8 0..255 (one array per split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from longtail import io
+from longtail.config import DataConfig
+from longtail.data import base
+from longtail.data.imbalance import hold_out_per_class, profile_counts, select_per_class
+
+# md5 of the uint8 image array and labels as scikit-learn 1.9 ships them: a different copy of the
+# data (another release that changed the file) is refused rather than silently giving new numbers.
+DIGITS_MD5 = "717a258403283d25fecfadab063a2716"
+TEST_PER_CLASS = 30
+VAL_PER_CLASS = 20
+RAW_FILE = "digits.npz"
+
+
+def _load_sklearn() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    return images, bunch.target.astype(np.int64)
+
+
+def content_md5(images: np.ndarray, labels: np.ndarray) -> str:
+    """md5 of the images' and labels' bytes (independent of the file container)."""
+    digest = hashlib.md5(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def download(cfg: DataConfig, raw_dir: Path) -> None:
+    """Copy the bundled digits into ``raw_dir/digits.npz`` after checking their content md5."""
+    images, labels = _load_sklearn()
+    expected = DIGITS_MD5 if cfg.md5 == "auto" else cfg.md5
+    actual = content_md5(images, labels)
+    if expected is not None and actual != expected:
+        raise io.ChecksumError(
+            f"checksum mismatch for scikit-learn's bundled digits: expected md5 {expected}, got "
+            f"{actual}. Install the pinned scikit-learn (requirements.txt), or set data.md5 to "
+            f"{actual} (or null) to accept this copy."
+        )
+    with io.atomic_dir(raw_dir) as tmp:
+        np.savez(tmp / RAW_FILE, images=images, labels=labels)
+        io.write_json(
+            tmp / "source.json",
+            {
+                "source": "sklearn.datasets.load_digits",
+                "md5": actual,
+                "verified": expected is not None,
+            },
+        )
+
+
+def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
+    """Hold out balanced test and val sets, then inject the imbalance into the rest."""
+    with np.load(raw_dir / RAW_FILE) as raw:
+        images, labels = raw["images"], raw["labels"]
+    rng = np.random.default_rng(seed)
+    test_pc = cfg.test_per_class if cfg.test_per_class is not None else TEST_PER_CLASS
+    val_pc = cfg.val_per_class if cfg.val_per_class is not None else VAL_PER_CLASS
+    test, rest = hold_out_per_class(labels, test_pc, rng)
+    val, rest = hold_out_per_class(labels, val_pc, rng, pool=rest)
+    num_classes = int(labels.max()) + 1
+    available = np.bincount(labels[rest], minlength=num_classes)
+    n_max = cfg.n_max if cfg.n_max is not None else int(available.min())
+    counts = profile_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
+    train = rest[select_per_class(labels[rest], counts, rng)]
+    splits = {"train": train, "val": val, "test": test}
+    manifests = {
+        s: pd.DataFrame({"index": np.arange(len(idx)), "source_index": idx, "label": labels[idx]})
+        for s, idx in splits.items()
+    }
+    pixels = images[train].astype(np.float64) / 255.0
+    info = {
+        "kind": "image",
+        "in_channels": 1,
+        "size": [8, 8],
+        "mean": [float(pixels.mean())],
+        "std": [float(pixels.std())],
+    }
+    base.write_prepared(
+        out_dir,
+        manifests,
+        [str(c) for c in range(num_classes)],
+        info,
+        images={s: images[idx] for s, idx in splits.items()},
+    )
+
+
+def extract(frames_cfg: object, raw_dir: Path, prepared_dir: Path, frames_dir: Path) -> None:
+    """Images need no frame extraction; record that explicitly."""
+    base.write_nothing_to_extract(frames_dir, "digits")
+
+
+def open_split(ctx: base.SourceContext, split: str) -> base.TensorSource:
+    """The split on the device; training adds a 1-pixel random crop (no flip: digits are chiral)."""
+    return base.open_arrays(ctx, split, padding=1, flip=False)
+
+
+FAMILY = base.register(
+    base.Family(
+        name="digits",
+        kind="image",
+        default_arch="resnet32",
+        download=download,
+        prepare=prepare,
+        extract=extract,
+        open=open_split,
+    )
+)

@@ -1,0 +1,442 @@
+"""The one training loop, used by ``pretrain`` and ``finetune`` alike.
+
+Methods differ in the objects handed in (network, loss, sampler, the parameters to optimise), never
+in branches here: a loss's state moves only through ``loss.set_epoch(epoch, total)`` before an epoch
+and ``loss.update(per_class_val_accuracy)`` after it (CDB-CE's difficulty weights). Model selection
+never looks at ``test``: each epoch is scored on ``val``.
+
+The step is free of host syncs (no ``.item()``, no Python check of a tensor): loss sums accumulate
+on
+the device and the NaN/inf check runs once per epoch. On CUDA the fast path (bf16 autocast,
+channels_last, fused SGD, ``torch.compile`` with static shapes) is on by default; on the CPU the
+exact fp32 path runs, bit for bit repeatable with ``determinism: true``.
+
+A checkpoint (model, optimiser, LR schedule, loss state, sampler state, RNG states, epoch, step,
+logger step) is written atomically after every epoch and every ``checkpoint_minutes``; a rerun
+resumes from it only when its signature (hash of the stage's params, code and inputs) matches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from longtail import io
+from longtail.config import ConfigError, OptimConfig, TrainConfig
+from longtail.data.base import Source
+from longtail.metrics import confusion_matrix, per_class_accuracy, summarize
+
+
+class TrainingDiverged(RuntimeError):
+    """The epoch's accumulated loss is NaN or infinite."""
+
+
+# ------------------------------------------------------------------------------ device and speed
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device: cuda was requested but torch.cuda.is_available() is False "
+            "(no GPU, or a CPU-only torch); set device: auto or device: cpu"
+        )
+    return torch.device(name)
+
+
+def set_determinism(enabled: bool, device: torch.device) -> None:
+    """Make runs repeat exactly (CPU: bit for bit; CUDA: PyTorch's documented switches).
+
+    On CUDA this disables cuDNN autotuning and non-deterministic kernels, which costs speed; see the
+    README's table of what ``determinism`` costs.
+    """
+    if enabled and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled and device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Resolved speed switches of ``train`` (``auto``: on for CUDA, off for the CPU)."""
+
+    bf16: bool
+    channels_last: bool
+    compile: bool
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig, device: torch.device) -> FastPath:
+        cuda = device.type == "cuda"
+        return cls(
+            bf16=cfg.amp == "bf16" or (cfg.amp == "auto" and cuda),
+            channels_last=cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda),
+            compile=cfg.compile == "on" or (cfg.compile == "auto" and cuda),
+        )
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and x.dim() == 5:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+
+# ---------------------------------------------------------------------------- optimiser, schedule
+def build_optimizer(
+    params: Iterable[nn.Parameter], cfg: OptimConfig, device: torch.device
+) -> torch.optim.SGD:
+    """SGD with momentum and weight decay; fused on CUDA, foreach on the CPU."""
+    fused = device.type == "cuda"
+    return torch.optim.SGD(
+        list(params),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        fused=fused,
+        foreach=None if fused else True,
+    )
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base LR at optimiser step ``step`` (linear warmup, then the schedule).
+
+    Warmup ramps linearly over ``warmup_epochs`` (LDAM-DRW / BALMS warm up for 5 epochs); the step
+    schedule multiplies by ``lr_decay`` at each epoch in ``milestones``; cosine anneals to zero over
+    the epochs after warmup.
+    """
+    epoch = step / steps_per_epoch
+    warm = cfg.warmup_epochs
+    if warm > 0 and epoch < warm:
+        return (step + 1) / (warm * steps_per_epoch)
+    if cfg.schedule == "step":
+        return cfg.lr_decay ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.schedule == "cosine":
+        span = max(cfg.epochs - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min((epoch - warm) / span, 1.0)))
+    return 1.0
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+class Checkpointer:
+    """Atomic checkpoints at ``path`` that resume only under the same ``signature``."""
+
+    def __init__(self, path: Path, signature: str, log: Callable[[str], None] = print) -> None:
+        self.path, self.signature, self.log = Path(path), signature, log
+
+    def load(self) -> dict[str, Any] | None:
+        """The stored state if it is readable and has this signature, else None (and says why)."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as err:  # a truncated or foreign file: never resume from it
+            self.log(f"checkpoint {self.path} is unreadable ({type(err).__name__}); starting fresh")
+            return None
+        if not isinstance(state, dict) or state.get("signature") != self.signature:
+            self.log(
+                f"checkpoint {self.path} has a different signature (params, code or data "
+                "changed); starting fresh"
+            )
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        io.save_torch({**state, "signature": self.signature}, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (Python, NumPy, torch CPU and CUDA)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    source: Source,
+    batch_size: int,
+    fast: FastPath,
+    device: torch.device,
+    order: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (N, C) float32, labels (N,))`` of ``source`` in ``order``, on the device."""
+    was_training = model.training
+    model.eval()
+    order = torch.arange(len(source)) if order is None else order
+    gen = torch.Generator(device=device)  # unused: evaluation draws nothing
+    outs, ys = [], []
+    for x, y in source.batches(order, batch_size, train=False, generator=gen):
+        with fast.autocast(device):
+            logits, _ = model(fast.prepare_input(x))
+        outs.append(logits.float())
+        ys.append(y)
+    model.train(was_training)
+    if not outs:
+        return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.int64, device=device)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def evaluate_confusion(
+    model: nn.Module,
+    source: Source,
+    num_classes: int,
+    batch_size: int,
+    fast: FastPath,
+    device: torch.device,
+) -> torch.Tensor:
+    """(C, C) confusion matrix of ``model`` on ``source``."""
+    logits, labels = predict(model, source, batch_size, fast, device)
+    if len(labels) == 0:
+        return torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    return confusion_matrix(logits.argmax(1), labels, num_classes)
+
+
+# ----------------------------------------------------------------------------------------- trainer
+@dataclass
+class Trainer:
+    """Runs ``epochs`` of training with ``loss`` over ``sampler``'s order of ``train_source``.
+
+    Args:
+        model: returns ``(logits, features)``.
+        loss: a :class:`longtail.losses.LongTailLoss`.
+        sampler: a :mod:`longtail.samplers` sampler over the training labels.
+        params: the parameters to optimise (all of ``model``'s by default).
+        train_mode: puts the model in its training mode (decoupled retraining keeps a frozen
+            backbone in eval mode).
+        all_reduce: sums a tensor over processes (identity in a single process).
+        log_epoch: receives the epoch's metrics (the stage forwards them to DVCLive).
+    """
+
+    model: nn.Module
+    loss: nn.Module
+    sampler: Any
+    train_source: Source
+    val_source: Source | None
+    optim: OptimConfig
+    train_cfg: TrainConfig
+    device: torch.device
+    seed: int
+    num_classes: int
+    train_counts: list[int]
+    many_shot: int = 100
+    few_shot: int = 20
+    stage: str = "train"
+    loss_name: str = "loss"
+    params: list[nn.Parameter] | None = None
+    train_mode: Callable[[nn.Module], None] | None = None
+    checkpointer: Checkpointer | None = None
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+    log_epoch: Callable[[int, dict[str, float]], None] = field(default=lambda e, m: None)
+    log: Callable[[str], None] = print
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fast = FastPath.resolve(self.train_cfg, self.device)
+        self.model.to(self.device)
+        self.loss.to(self.device)
+        if self.fast.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        params = self.params if self.params is not None else list(self.model.parameters())
+        self.optimizer = build_optimizer(params, self.optim, self.device)
+        self.steps_per_epoch = max(1, math.ceil(len(self.sampler) / self.optim.batch_size))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, self.optim)
+        )
+        self.forward = torch.compile(self.model, dynamic=False) if self.fast.compile else self.model
+        self.start_epoch, self.start_step = 0, 0
+        self.logger_step = 0
+        self._acc: dict[str, torch.Tensor] = {}
+        self._aug_state: torch.Tensor | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self, epoch: int, step_in_epoch: int, gen: torch.Generator | None) -> dict:
+        return {
+            "stage": self.stage,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loss": self.loss.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "aug_generator": gen.get_state() if gen is not None else None,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "accumulators": {k: v.cpu() for k, v in self._acc.items()},
+            "logger_step": self.logger_step,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loss.load_state_dict(state["loss"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
+        self._acc = {k: v.to(self.device) for k, v in state["accumulators"].items()}
+        self._aug_state = state["aug_generator"]
+        self.logger_step = state["logger_step"]
+        self.history = list(state["history"])
+
+    def resume(self) -> bool:
+        """Load the checkpoint if it matches; True when training continues from it."""
+        if self.checkpointer is None:
+            return False
+        state = self.checkpointer.load()
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        where = f"epoch {self.start_epoch}" + (
+            f", step {self.start_step}" if self.start_step else ""
+        )
+        self.log(f"[{self.stage}] resuming from {self.checkpointer.path} at {where}")
+        return True
+
+    # -- one epoch -------------------------------------------------------------------------------
+    def _generator(self, epoch: int) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(
+            self.seed * 1_000_003 + epoch * 7919 + 17
+        )  # a pure function of (seed, epoch)
+        return gen
+
+    def _set_train_mode(self) -> None:
+        if self.train_mode is None:
+            self.model.train()
+        else:
+            self.train_mode(self.model)
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the sampler's order; returns the epoch's training metrics."""
+        self.loss.set_epoch(epoch, self.optim.epochs)
+        self.sampler.set_epoch(epoch, self.optim.epochs)
+        gen = self._generator(epoch)
+        skip = 0
+        if epoch == self.start_epoch and self.start_step:
+            skip = self.start_step  # resuming inside an epoch
+            gen.set_state(self._aug_state)
+        else:
+            zero = torch.zeros((), dtype=torch.float64, device=self.device)
+            self._acc = {"loss": zero.clone(), "correct": zero.clone(), "count": zero.clone()}
+        self._set_train_mode()
+        order = self.sampler.indices()[skip * self.optim.batch_size :]
+        last_save = time.monotonic()
+        step = skip
+        for x, y in self.train_source.batches(
+            order, self.optim.batch_size, train=True, generator=gen
+        ):
+            self._step(x, y)
+            step += 1
+            if (
+                self.checkpointer
+                and time.monotonic() - last_save > 60 * self.train_cfg.checkpoint_minutes
+            ):
+                self.checkpointer.save(self.state_dict(epoch, step, gen))
+                last_save = time.monotonic()
+        acc = {k: float(self.all_reduce(v.clone())) for k, v in self._acc.items()}  # host sync
+        mean_loss = acc["loss"] / max(acc["count"], 1.0)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"[{self.stage}] loss {self.loss_name!r} became {mean_loss} in epoch {epoch} "
+                f"(last learning rate {self.optimizer.param_groups[0]['lr']:.3g}); the last good "
+                f"checkpoint is kept at {self.checkpointer.path if self.checkpointer else '-'}"
+            )
+        return {
+            "train/loss": mean_loss,
+            "train/acc": 100.0 * acc["correct"] / max(acc["count"], 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with self.fast.autocast(self.device):
+            logits, features = self.forward(self.fast.prepare_input(x))
+            loss = self.loss(logits, y, features)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        n = y.shape[0]
+        self._acc["loss"] += loss.detach().double() * n
+        self._acc["correct"] += (logits.detach().argmax(1) == y).sum()
+        self._acc["count"] += n
+
+    def validate(self) -> dict[str, float]:
+        """Score ``val``, feed per-class accuracy to the loss, return the val metrics."""
+        if self.val_source is None or len(self.val_source) == 0:
+            return {}
+        conf = evaluate_confusion(
+            self.forward,
+            self.val_source,
+            self.num_classes,
+            self.train_cfg.eval_batch_size,
+            self.fast,
+            self.device,
+        )
+        conf = self.all_reduce(conf)
+        correct, total = conf.diag(), conf.sum(1)
+        self.loss.update(per_class_accuracy(correct, total).float().nan_to_num(1.0))
+        summary = summarize(conf, self.train_counts, self.many_shot, self.few_shot)
+        return {f"val/{k}": summary[k] for k in ("top1", "many", "medium", "few")}
+
+    # -- the run -----------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, float]]:
+        """Train from scratch or from the checkpoint; returns the per-epoch metrics."""
+        for epoch in range(self.start_epoch, self.optim.epochs):
+            t0 = time.perf_counter()
+            metrics = {**self.train_one_epoch(epoch), **self.validate()}
+            metrics["epoch"] = epoch
+            metrics["seconds"] = time.perf_counter() - t0
+            self.history.append(metrics)
+            self.log_epoch(epoch, metrics)
+            self.logger_step += 1
+            if self.checkpointer is not None:
+                self.checkpointer.save(self.state_dict(epoch + 1, 0, None))
+            if (epoch + 1) % self.train_cfg.log_every_epochs == 0 or epoch + 1 == self.optim.epochs:
+                self.log(_format_epoch(self.stage, epoch, self.optim.epochs, metrics))
+        return self.history
+
+
+def _format_epoch(stage: str, epoch: int, total: int, m: dict[str, float]) -> str:
+    parts = [
+        f"[{stage}] epoch {epoch + 1}/{total}",
+        f"loss {m['train/loss']:.4f}",
+        f"train {m['train/acc']:.1f}%",
+    ]
+    if "val/top1" in m:
+        parts.append(f"val {m['val/top1']:.1f}% (few {m['val/few']:.1f}%)")
+    parts.append(f"lr {m['lr']:.3g}  {m['seconds']:.2f}s")
+    return "  ".join(parts)

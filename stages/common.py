@@ -1,0 +1,144 @@
+"""Paths and wiring shared by the stage scripts (the only place that names the output layout).
+
+Every stage validates the whole ``params.yaml`` first (:func:`config`), so a bad value stops the
+first
+stage that runs, before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from longtail import data
+from longtail.config import Config, load, to_dict
+from longtail.data.base import Family, SourceContext
+
+PARAMS = Path("params.yaml")
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+FRAMES = Path("data/frames")
+MODELS = Path("models")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+CHECKPOINTS = Path("checkpoints")
+LIVE = Path("dvclive")
+CODE = [Path("longtail")]
+
+
+def config() -> Config:
+    """The validated params.yaml."""
+    return load(PARAMS)
+
+
+def raw_dir(cfg: Config) -> Path:
+    """Where ``download`` puts the dataset: ``data/raw/<name>``."""
+    return RAW / cfg.data.name
+
+
+def context(cfg: Config, device: torch.device) -> SourceContext:
+    """What a family needs to open its splits."""
+    return SourceContext(
+        data=cfg.data,
+        frames=cfg.frames,
+        raw_dir=raw_dir(cfg),
+        prepared_dir=PREPARED,
+        frames_dir=FRAMES,
+        device=device,
+    )
+
+
+def family(cfg: Config) -> Family:
+    return data.get(cfg.data.name)
+
+
+def arch(cfg: Config) -> str:
+    """``model.arch``, with ``auto`` resolved to the dataset's backbone from the papers."""
+    return family(cfg).default_arch if cfg.model.arch == "auto" else cfg.model.arch
+
+
+def sections(cfg: Config, *names: str) -> dict:
+    """The named params sections as plain dicts (for signatures and checkpoints)."""
+    full = to_dict(cfg)
+    return {name: full[name] for name in names}
+
+
+def train_stage(
+    stage: str,
+    cfg: Config,
+    model: torch.nn.Module,
+    loss_cfg,
+    sampler_name: str,
+    optim,
+    device: torch.device,
+    inputs: list[Path],
+    param_sections: tuple[str, ...],
+    params: list | None = None,
+    train_mode=None,
+) -> dict:
+    """Train ``model`` with one loss and sampler under the shared loop; returns final metrics.
+
+    Writes the checkpoint ``checkpoints/<stage>.ckpt`` (resumed when its signature matches), the
+    DVCLive curves ``dvclive/<stage>/`` and ``metrics/<stage>.json``.
+    """
+    from longtail import io, losses, samplers
+    from longtail.data.base import class_counts
+    from longtail.pipeline import EpochLogger, signature
+    from longtail.train import Checkpointer, Trainer
+
+    fam = family(cfg)
+    ctx = context(cfg, device)
+    train_src, val_src = fam.open(ctx, "train"), fam.open(ctx, "val")
+    counts = class_counts(PREPARED, "train")
+    loss = losses.create(loss_cfg.name, counts, **loss_cfg.kwargs())
+    if getattr(loss, "requires_val", False) and len(val_src) == 0:
+        raise ValueError(
+            f"{stage}: loss {loss_cfg.name} needs a val split (set data.val_per_class > 0)"
+        )
+    sampler = samplers.create(
+        sampler_name, train_src.labels, seed=cfg.seed, num_classes=len(counts)
+    )
+    sig = signature(sections(cfg, *param_sections), [*CODE, *inputs])
+    trainer = Trainer(
+        model=model,
+        loss=loss,
+        sampler=sampler,
+        train_source=train_src,
+        val_source=val_src,
+        optim=optim,
+        train_cfg=cfg.train,
+        device=device,
+        seed=cfg.seed,
+        num_classes=len(counts),
+        train_counts=counts,
+        many_shot=cfg.evaluate.many_shot,
+        few_shot=cfg.evaluate.few_shot,
+        stage=stage,
+        loss_name=loss_cfg.name,
+        params=params,
+        train_mode=train_mode,
+        checkpointer=Checkpointer(CHECKPOINTS / f"{stage}.ckpt", sig),
+    )
+    logger = EpochLogger(LIVE / stage)
+    trainer.log_epoch = logger
+    if trainer.resume():
+        logger.replay(trainer.history)
+    print(
+        f"[{stage}] {arch(cfg)} on {cfg.data.name}: {len(train_src)} train / {len(val_src)} "
+        f"val samples, loss {loss_cfg.name}, sampler {sampler_name}, {optim.epochs} epochs, "
+        f"batch {optim.batch_size}, lr {optim.lr:g}, device {device}, fast path {trainer.fast}"
+    )
+    history = trainer.fit()
+    logger.close()
+    final = dict(history[-1]) if history else {}
+    final.pop("seconds", None)
+    summary = {
+        "epochs": optim.epochs,
+        "loss": loss_cfg.name,
+        "sampler": sampler_name,
+        "seconds": round(sum(h["seconds"] for h in history), 3),
+        **final,
+    }
+    io.write_json(METRICS / f"{stage}.json", summary)
+    return summary

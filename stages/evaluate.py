@@ -1,0 +1,66 @@
+"""Stage ``evaluate``: the final network on the balanced ``test`` split.
+
+Writes ``metrics/evaluate.json`` (top-1, many/medium/few-shot in percent, the class count of each
+group, mean per-class precision/recall, ECE), ``plots/per_class.csv`` (class, train count,
+accuracy) and ``plots/confusion.csv``, and prints the results table. Run:
+``python -m stages.evaluate``.
+"""
+
+import torch
+
+from longtail import io
+from longtail.data.base import class_counts, read_json
+from longtail.metrics import confusion_matrix, expected_calibration_error, summarize
+from longtail.pipeline import load_model, run_stage, write_plot_csv
+from longtail.train import FastPath, predict, resolve_device, set_determinism
+from stages import common
+
+
+def main() -> None:
+    cfg = common.config()
+    device = resolve_device(cfg.device)
+    set_determinism(cfg.determinism, device)
+    model, blob = load_model(common.MODELS / "final.pt")
+    model.to(device)
+    test = common.family(cfg).open(common.context(cfg, device), "test")
+    fast = FastPath.resolve(cfg.train, device)
+    logits, labels = predict(model, test, cfg.train.eval_batch_size, fast, device)
+    preds = logits.argmax(1)
+    counts = class_counts(common.PREPARED, "train")
+    conf = confusion_matrix(preds, labels, len(counts)).cpu()
+    result = summarize(conf, counts, cfg.evaluate.many_shot, cfg.evaluate.few_shot)
+    result["ece"] = expected_calibration_error(torch.softmax(logits, 1), labels)
+    result["finetune_mode"] = blob.get("mode", "none")
+    io.write_json(common.METRICS / "evaluate.json", result)
+    names = read_json(common.PREPARED / "class_counts.json")["names"]
+    acc = conf.diag().double() / conf.sum(1).clamp(min=1)
+    write_plot_csv(
+        common.PLOTS / "per_class.csv",
+        [
+            {"class": names[c], "train_count": counts[c], "accuracy": round(100 * float(acc[c]), 3)}
+            for c in range(len(counts))
+        ],
+    )
+    write_plot_csv(
+        common.PLOTS / "confusion.csv",
+        [
+            {"actual": names[int(a)], "predicted": names[int(p)]}
+            for a, p in zip(labels.tolist(), preds.tolist(), strict=True)
+        ],
+    )
+    print(table(cfg.data.name, result))
+
+
+def table(name: str, r: dict) -> str:
+    """The small results table printed at the end of ``dvc repro``."""
+    head = "| dataset | top-1 | many | medium | few | classes (many/medium/few) |"
+    rule = "|---|---|---|---|---|---|"
+    row = (
+        f"| {name} | {r['top1']:.2f} | {r['many']:.2f} | {r['medium']:.2f} | "
+        f"{r['few']:.2f} | {r['num_many']}/{r['num_medium']}/{r['num_few']} |"
+    )
+    return "\n".join(["", head, rule, row, ""])
+
+
+if __name__ == "__main__":
+    run_stage(main)

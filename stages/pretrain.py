@@ -1,0 +1,56 @@
+"""Stage ``pretrain``: representation learning (plain CE by default, or ``pretrain.loss``).
+
+It does not read the ``loss`` section, so ``dvc exp run -S loss.tau=1.5`` reuses the cached
+backbone.
+Writes ``models/pretrain.pt``, ``metrics/pretrain.json`` and the per-epoch curves
+``dvclive/pretrain``. Run: ``python -m stages.pretrain``.
+"""
+
+import torch
+
+from longtail import nets
+from longtail.config import to_dict
+from longtail.data.base import class_counts, read_json
+from longtail.pipeline import run_stage, save_model
+from longtail.train import resolve_device, set_determinism
+from stages import common
+
+
+def main() -> None:
+    cfg = common.config()
+    device = resolve_device(cfg.device)
+    set_determinism(cfg.determinism, device)
+    info = read_json(common.PREPARED / "dataset.json")
+    num_classes = len(class_counts(common.PREPARED))
+    arch = common.arch(cfg)
+    torch.manual_seed(cfg.seed)  # the network's initialisation
+    model = nets.create(arch, num_classes, in_channels=info["in_channels"])
+    if cfg.model.weights:
+        print(nets.load_weights(model, cfg.model.weights))
+    common.train_stage(
+        "pretrain",
+        cfg,
+        model,
+        cfg.pretrain.loss,
+        cfg.pretrain.sampler,
+        cfg.pretrain.optim,
+        device,
+        inputs=[common.PREPARED, common.FRAMES],
+        param_sections=(
+            "seed",
+            "determinism",
+            "data",
+            "frames",
+            "model",
+            "pretrain",
+            "train",
+            "evaluate",
+        ),
+    )
+    save_model(
+        common.MODELS / "pretrain.pt", model, arch, num_classes, info["in_channels"], to_dict(cfg)
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

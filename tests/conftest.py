@@ -1,0 +1,99 @@
+"""Shared pytest fixtures: a throw-away copy of the repository for end-to-end stage runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TRACKED = [
+    "longtail",
+    "stages",
+    "params.yaml",
+    "dvc.yaml",
+    "pyproject.toml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
+
+# Tiny training settings that keep end-to-end runs to seconds on a 2-core CPU.
+TINY = {
+    "pretrain": {"epochs": 2, "warmup_epochs": 0, "batch_size": 64},
+    "finetune": {"epochs": 2, "batch_size": 64},
+    "train": {"log_every_epochs": 1},
+}
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict update (returns a new dict)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+class Repo:
+    """A copy of the repository in a temp dir, with helpers to run stages and DVC in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONPATH"] = str(self.root)
+        env["DVC_NO_ANALYTICS"] = "1"
+        env.pop("LONGTAIL_TRACEBACK", None)
+        return env
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            list(args), cwd=self.root, env=self.env(), capture_output=True, text=True
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def stage(self, name: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", f"stages.{name}", check=check)
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(str(BIN / "dvc"), *args, check=check)
+
+    def params(self, update: dict) -> None:
+        path = self.root / "params.yaml"
+        path.write_text(
+            yaml.safe_dump(merge(yaml.safe_load(path.read_text()), update), sort_keys=False)
+        )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    """A copy of the tracked project files with tiny training params."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in TRACKED:
+        src = REPO / name
+        dst = root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    r = Repo(root)
+    r.params(TINY)
+    return r
