@@ -1,0 +1,146 @@
+"""Batched training augmentation on the data's own device: random crop with padding, random flip.
+
+``random_crop_flip`` has the semantics of torchvision's
+``RandomCrop((H, W), padding=p)`` (zero fill, applied to the uint8 image before normalisation)
+followed by ``RandomHorizontalFlip(p=0.5)``, the CIFAR augmentation of the long-tail papers
+(LDAM-DRW, BALMS, CDB-CE, FBL), with one independent draw per image. It works on a whole batch at
+once on whatever device holds it: the batch is padded once and each output pixel is gathered from
+per-image row and column indices, so the cost is two gathers over the output, with no Python loop
+over the batch and no host sync. Video clips (B, C, T, H, W) get one draw per clip, shared by all
+of its frames.
+
+The random draws, in this order, all from ``generator`` on the images' device:
+``torch.randint(0, 2p + 1, (2, B))`` for the top and left offsets into the padded image, then, if
+``flip``, ``torch.rand(B) < 0.5`` for the flips. torchvision draws the same quantities from the
+global generator, one image at a time.
+
+``normalize`` turns uint8 images into the network's input: ``(x / 255 - mean) / std`` per channel,
+as ``ToTensor`` + ``Normalize`` do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["normalize", "random_crop_flip"]
+
+
+def random_crop_flip(
+    images: torch.Tensor, *, padding: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Pad, randomly crop back to size and randomly flip every image (or clip) of a batch.
+
+    Args:
+        images: (B, C, H, W) images or (B, C, T, H, W) clips, uint8, on any device.
+        padding: zero border added on each side before cropping; the crop's top and left offsets
+            are uniform in ``[0, 2 * padding]``.
+        flip: flip each image horizontally with probability 0.5.
+        generator: source of the draws, on the same device as ``images``.
+
+    Returns:
+        uint8 tensor of the input's shape, on its device.
+    """
+    _check_images(images, padding, generator)
+    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    flat = images.reshape(batch, -1, height, width)  # (B, C*T, H, W): a clip's frames share a draw
+    device = images.device
+    top, left = torch.randint(
+        0, 2 * padding + 1, (2, batch), generator=generator, device=device
+    )  # (B,), (B,)
+    rows = top[:, None] + torch.arange(height, device=device)  # (B, H) into the padded image
+    cols = torch.arange(width, device=device).expand(batch, width)  # (B, W)
+    if flip:
+        flipped = torch.rand(batch, generator=generator, device=device) < 0.5  # (B,)
+        cols = torch.where(flipped[:, None], width - 1 - cols, cols)
+    cols = left[:, None] + cols
+    out = _gather_crops(F.pad(flat, (padding,) * 4), rows, cols)
+    return out.reshape(images.shape)
+
+
+def normalize(
+    images_uint8: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``(x / 255 - mean) / std`` per channel, the input of the network.
+
+    Args:
+        images_uint8: (B, C, ...) uint8 images or clips.
+        mean: per-channel mean of the images scaled to [0, 1], C values.
+        std: per-channel standard deviation, C positive values.
+        dtype: floating dtype of the result; the arithmetic is done in at least float32.
+
+    Returns:
+        Tensor of ``dtype`` with the input's shape, on its device.
+    """
+    if images_uint8.dtype != torch.uint8 or images_uint8.ndim < 2:
+        raise ValueError(
+            "images_uint8: expected a uint8 tensor (B, C, ...), "
+            f"got {images_uint8.dtype} of shape {tuple(images_uint8.shape)}"
+        )
+    channels = images_uint8.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"mean, std: expected {channels} values each (one per channel), "
+            f"got {len(mean)} and {len(std)}"
+        )
+    if min(std) <= 0:
+        raise ValueError(f"std: expected positive values, got {list(std)}")
+    work = torch.promote_types(dtype, torch.float32)
+    scale, shift = _affine(tuple(mean), tuple(std), images_uint8.ndim, images_uint8.device, work)
+    return (images_uint8.to(work) * scale + shift).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    ndim: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x * scale + shift == (x / 255 - mean) / std``, shaped (1, C, 1, ...) for broadcasting.
+
+    Cached so that a training step does not copy two tiny tensors to the GPU (a host sync) for
+    every batch.
+    """
+    shape = (1, len(mean)) + (1,) * (ndim - 2)
+    std64 = torch.tensor(std, dtype=torch.float64)
+    scale = 1.0 / (255.0 * std64)
+    shift = -torch.tensor(mean, dtype=torch.float64) / std64
+    return (
+        scale.view(shape).to(device=device, dtype=dtype),
+        shift.view(shape).to(device=device, dtype=dtype),
+    )
+
+
+def _gather_crops(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Pick rows, then columns, per image: (B, K, Hp, Wp) -> (B, K, H, W)."""
+    batch, planes, _, padded_width = padded.shape
+    height, width = rows.shape[1], cols.shape[1]
+    row_index = rows[:, None, :, None].expand(batch, planes, height, padded_width)
+    picked_rows = torch.gather(padded, 2, row_index)  # (B, K, H, Wp)
+    col_index = cols[:, None, None, :].expand(batch, planes, height, width)
+    return torch.gather(picked_rows, 3, col_index)  # (B, K, H, W)
+
+
+def _check_images(images: torch.Tensor, padding: int, generator: torch.Generator) -> None:
+    if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.ndim not in (4, 5):
+        got = (
+            f"{images.dtype} of shape {tuple(images.shape)}" if torch.is_tensor(images) else images
+        )
+        raise ValueError(
+            f"images: expected uint8 (B, C, H, W) images or (B, C, T, H, W) clips, got {got}"
+        )
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"padding: expected an integer >= 0, got {padding!r}")
+    if generator.device.type != images.device.type:
+        raise ValueError(
+            f"generator: expected one on the images' device {images.device}, "
+            f"got one on {generator.device}"
+        )

@@ -1,0 +1,257 @@
+"""Network registry and checkpoint loading.
+
+Every network is built by name through ``create`` (the registry pattern of timm's ``create_model``)
+and shares one interface:
+
+- ``forward(x) -> (logits (B, num_classes), feature (B, feature_dim))``, the feature being the
+  pooled, flattened penultimate vector;
+- ``forward_features(x) -> feature`` and a linear classifier ``fc``, so that
+  ``model.fc(model.forward_features(x))`` are the logits (decoupled classifier retraining freezes
+  everything but ``fc``);
+- ``feature_dim``, the size of the feature.
+
+Architectures: ``resnet32`` (CIFAR, ``resnet_cifar.py``), ``resnet10`` / ``resnet50`` /
+``resnet152`` (torchvision, ``resnet.py``), ``resnext101_3d`` and ``resnet3d_small`` (video clips,
+``resnet3d.py``).
+
+``load_weights`` loads a pretrained or earlier checkpoint into a network key by key and reports
+what it could not load.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from longtail.nets.resnet import resnet10, resnet50, resnet152
+from longtail.nets.resnet3d import resnet3d_small, resnext101_3d
+from longtail.nets.resnet_cifar import resnet32
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {}
+
+# Prefixes that wrappers put in front of every key: DataParallel / DistributedDataParallel
+# ("module.", as in the released checkpoints of the original repositories) and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that adds a builder ``fn(num_classes, *, in_channels=3, **kwargs)`` to ``ARCHS``.
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+    """
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in ARCHS:
+            raise ValueError(f'model.arch: "{name}" is already registered')
+        ARCHS[name] = builder
+        return builder
+
+    return add
+
+
+for _name, _builder in (
+    ("resnet32", resnet32),
+    ("resnet10", resnet10),
+    ("resnet50", resnet50),
+    ("resnet152", resnet152),
+    ("resnext101_3d", resnext101_3d),
+    ("resnet3d_small", resnet3d_small),
+):
+    register(_name)(_builder)
+del _name, _builder
+
+
+def names() -> tuple[str, ...]:
+    """Return the registered architecture names, in registration order."""
+    return tuple(ARCHS)
+
+
+def _check_positive_int(key: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}: expected an integer >= 1, got {value!r}")
+
+
+def create(arch: str, num_classes: int, *, in_channels: int = 3, **kwargs: object) -> nn.Module:
+    """Build a registered network with freshly initialised weights.
+
+    Args:
+        arch: Registered name (see ``names()``).
+        num_classes: Size of the classifier output.
+        in_channels: Channels of the input images or clips.
+        **kwargs: Passed to the builder (e.g. ``widths`` for ``resnet3d_small``).
+
+    Raises:
+        ValueError: for an unknown ``arch`` (the message lists the valid ones) or a class or
+            channel count that is not a positive integer.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f'model.arch: expected one of {", ".join(ARCHS)}; got "{arch}"')
+    _check_positive_int("num_classes", num_classes)
+    _check_positive_int("in_channels", in_channels)
+    return ARCHS[arch](num_classes, in_channels=in_channels, **kwargs)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What ``load_weights`` did.
+
+    Attributes:
+        loaded: Model keys copied from the checkpoint.
+        missing: Model keys absent from the checkpoint (left as initialised).
+        unexpected: Checkpoint keys the model does not have (ignored).
+        mismatched: ``(key, checkpoint shape, model shape)`` for keys whose shapes differ.
+        fc_reinitialised: Whether the classifier was re-initialised instead of loaded.
+    """
+
+    loaded: tuple[str, ...]
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+    fc_reinitialised: bool
+
+    def __str__(self) -> str:
+        lines = [
+            f"loaded {len(self.loaded)} tensors; classifier fc "
+            + ("re-initialised" if self.fc_reinitialised else "loaded")
+        ]
+        for key, theirs, ours in self.mismatched:
+            lines.append(f"  shape mismatch {key}: checkpoint {list(theirs)}, model {list(ours)}")
+        lines += [f"  missing {key}" for key in self.missing]
+        lines += [f"  unexpected {key}" for key in self.unexpected]
+        return "\n".join(lines)
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:  # "module._orig_mod.x" -> "x"
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Read ``path`` and return its tensors with wrapper prefixes removed."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: expected a checkpoint of tensors and plain values: {err}"
+        ) from err
+    for container in ("state_dict", "model"):  # Hara / classifier-balancing, this project
+        if isinstance(obj, Mapping) and isinstance(obj.get(container), Mapping):
+            obj = obj[container]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{path}: expected a state dict (or a dict with one under 'state_dict' or 'model'), "
+            f"got {type(obj).__name__}"
+        )
+    return {_strip_prefixes(key): value for key, value in obj.items()}
+
+
+def _reset_linear(fc: nn.Linear, generator: torch.Generator | None) -> None:
+    """nn.Linear's default initialisation, drawn from ``generator``: U(-1/sqrt(fan_in), ...)."""
+    bound = 1.0 / math.sqrt(fc.in_features)
+    with torch.no_grad():
+        nn.init.uniform_(fc.weight, -bound, bound, generator=generator)
+        if fc.bias is not None:
+            nn.init.uniform_(fc.bias, -bound, bound, generator=generator)
+
+
+def _is_fc(key: str) -> bool:
+    return key.startswith("fc.")
+
+
+def load_state(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    generator: torch.Generator | None = None,
+) -> LoadReport:
+    """Copy every tensor of ``state`` whose name and shape match into ``model``.
+
+    The classifier ``fc`` is loaded only when all its tensors match (same class count and feature
+    size); otherwise it is re-initialised with nn.Linear's default, so a checkpoint trained on other
+    classes never leaves a partly loaded classifier. ``num_batches_tracked`` counters that the
+    checkpoint lacks (PyTorch < 0.4.1 checkpoints such as Hara's Kinetics models have none) are
+    not reported as missing: they only matter for batch norm with ``momentum=None``.
+
+    Args:
+        model: Network with a linear classifier ``fc``.
+        state: Tensors by name, wrapper prefixes already removed.
+        generator: Source of randomness for the classifier re-initialisation.
+
+    Raises:
+        ValueError: if no backbone tensor matches (the wrong architecture or not a checkpoint).
+    """
+    ours = model.state_dict()
+    mismatched = tuple(
+        (key, tuple(state[key].shape), tuple(ours[key].shape))
+        for key in ours
+        if key in state and state[key].shape != ours[key].shape
+    )
+    bad = {key for key, _, _ in mismatched}
+    matching = {key: state[key] for key in ours if key in state and key not in bad}
+    fc_keys = [key for key in ours if _is_fc(key)]
+    fc_loads = all(key in matching for key in fc_keys)
+    if not fc_loads:
+        matching = {key: value for key, value in matching.items() if not _is_fc(key)}
+    if not any(not _is_fc(key) for key in matching):
+        raise ValueError(
+            f"expected weights for {type(model).__name__}; none of the checkpoint's "
+            f"{len(state)} tensors matches a backbone tensor by name and shape"
+        )
+    model.load_state_dict(matching, strict=False)
+    if not fc_loads:
+        _reset_linear(model.fc, generator)
+    missing = tuple(
+        key for key in ours if key not in state and not key.endswith("num_batches_tracked")
+    )
+    return LoadReport(
+        loaded=tuple(matching),
+        missing=missing,
+        unexpected=tuple(key for key in state if key not in ours),
+        mismatched=mismatched,
+        fc_reinitialised=not fc_loads,
+    )
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    generator: torch.Generator | None = None,
+    verbose: bool = True,
+) -> LoadReport:
+    """Load a checkpoint file into ``model`` by name and shape, re-initialising ``fc`` if needed.
+
+    Accepts a raw state dict, a dict holding one under ``"state_dict"`` (Hara's 3D-ResNets,
+    classifier-balancing) or ``"model"``, with or without the ``module.`` prefix that
+    DataParallel writes. See ``load_state`` for the rules.
+
+    Args:
+        model: Network with a linear classifier ``fc``.
+        path: Checkpoint written by ``torch.save``.
+        generator: Source of randomness for the classifier re-initialisation.
+        verbose: Print the report.
+
+    Returns:
+        The report of loaded, missing, unexpected and shape-mismatched keys.
+    """
+    state = _read_state_dict(Path(path))
+    try:
+        report = load_state(model, state, generator=generator)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    if verbose:
+        print(f"{path}: {report}")
+    return report
