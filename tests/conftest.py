@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +21,7 @@ TRACKED = [
     "dvc.yaml",
     "pyproject.toml",
     ".dvc/config",
+    ".dvc/.gitignore",
     ".dvcignore",
     ".gitignore",
 ]
@@ -55,6 +57,7 @@ class Repo:
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONPATH"] = str(self.root)
         env["DVC_NO_ANALYTICS"] = "1"
+        env["OMP_NUM_THREADS"] = "1"  # the test machine is small and shared
         env.pop("LONGTAIL_TRACEBACK", None)
         return env
 
@@ -81,6 +84,15 @@ class Repo:
         )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Tiny tensors run faster on one thread, and the CI machine has two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
     """A copy of the tracked project files with tiny training params."""
@@ -97,3 +109,12 @@ def repo(tmp_path: Path) -> Repo:
     r = Repo(root)
     r.params(TINY)
     return r
+
+
+def git_init(repo: Repo) -> None:
+    """Make ``repo`` a git repository with one commit (DVC and DVCLive expect one)."""
+    repo.run("git", "init", "-q", "-b", "main")
+    repo.run("git", "config", "user.email", "test@example.com")
+    repo.run("git", "config", "user.name", "test")
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-qm", "initial")

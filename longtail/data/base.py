@@ -15,6 +15,7 @@ uint8 array per split, ``<split>_images.npy`` (N, C, H, W), row ``i`` matching C
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,10 @@ def get(name: str) -> Family:
 
 def _load_builtin() -> None:
     """Import the built-in family modules (each registers itself on import)."""
-    import longtail.data.digits  # noqa: F401
+    import longtail.data.cifar
+    import longtail.data.digits
+    import longtail.data.imagelist
+    import longtail.data.video  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- prepared layout
@@ -152,8 +156,14 @@ def class_counts(prepared_dir: Path, split: str = "train") -> list[int]:
 
 
 def write_nothing_to_extract(frames_dir: Path, name: str) -> None:
-    """The ``extract_frames`` output of an image dataset: a manifest that says why it is empty."""
-    frames_dir.mkdir(parents=True, exist_ok=True)
+    """The ``extract_frames`` output of an image dataset: a manifest that says why it is empty.
+
+    ``data/frames`` is a persisted output (video extraction resumes into it), so frames left by an
+    earlier video dataset are removed first.
+    """
+    if frames_dir.exists():
+        shutil.rmtree(frames_dir)
+    frames_dir.mkdir(parents=True)
     io.write_json(
         frames_dir / "manifest.json",
         {
@@ -217,7 +227,7 @@ def open_arrays(ctx: SourceContext, split: str, *, padding: int, flip: bool) -> 
     """A :class:`TensorSource` over ``<split>_images.npy`` and the split's manifest labels."""
     info = read_json(ctx.prepared_dir / "dataset.json")
     images = torch.from_numpy(np.load(ctx.prepared_dir / f"{split}_images.npy"))
-    labels = torch.as_tensor(read_manifest(ctx.prepared_dir, split)["label"].to_numpy().copy())
+    labels = torch.from_numpy(read_manifest(ctx.prepared_dir, split)["label"].to_numpy(np.int64))
     return TensorSource(
         images,
         labels,

@@ -1,0 +1,635 @@
+"""ImageNet-LT, Places-LT and iNaturalist 2018: an image root plus list files, decoded per batch.
+
+Sources. The user provides ``data.root`` (the image folder) and list files in the format of OLTR
+(Liu et al., CVPR 2019) and classifier-balancing (Kang et al., ICLR 2020): one
+``relative/path.jpg label`` per line, paths relative to the root, labels 0-based. Unset
+``data.lists.*`` mean the published names under the root: ``ImageNet_LT_{train,val,test}.txt``,
+``Places_LT_{train,val,test}.txt``, ``iNaturalist18_{train,val}.txt``. iNaturalist 2018 has no
+public test labels, so, as classifier-balancing and the papers that report on it do, its official
+val list is the ``test`` split; a ``val`` split for model selection then exists only if
+``data.val_per_class`` carves a balanced one off the training list (seeded), otherwise
+``dataset.json`` says ``has_val: false``. ``download`` copies no images: it checks that every
+listed image exists and pins the list files (and their md5s) in ``data/raw/<name>``.
+
+Generated split. With no list files but a balanced ``root/<class>/<image>`` folder, ``download``
+builds an LT split with OLTR's protocol: per-class training counts follow a Pareto distribution
+with shape α = ``data.pareto_alpha`` (6), from ``data.n_max`` (1,280) down to ``data.n_min`` (5) —
+:func:`pareto_counts` draws one Pareto value per class, sorts them and maps them affinely onto
+[n_min, n_max], so the largest class has exactly n_max images and the smallest n_min. Class 0 (in
+sorted folder order) is the largest. Evidence that this matches the published split: for 1,000
+classes the median over 200 seeds is 110K training images, 367 classes with more than 100 and 152
+with fewer than 20, against ImageNet-LT's 115.8K, 385 and 136. A balanced test set
+(``data.test_per_class``, 50) and val set (``data.val_per_class``, 20) are taken from each class
+first, as in ImageNet-LT. The split is part of the dataset, not of an experiment: it is drawn with
+the fixed ``SPLIT_SEED`` and written as list files into ``data/raw/<name>``.
+
+Loading (``open``): a ``DataLoader`` with ``data.workers`` processes reads the files in the order
+the training loop gives, decodes them with ``torchvision.io.decode_image`` (no PIL) and applies the
+papers' transforms to uint8 tensors with ``torchvision.transforms.v2.functional``: training
+RandomResizedCrop(size) + RandomHorizontalFlip + ColorJitter(0.4, 0.4, 0.4, 0) (iNaturalist: no
+jitter, as classifier-balancing); evaluation Resize(size * 256 / 224) + CenterCrop(size). The
+random parameters are drawn with torchvision's algorithms from a per-sample ``torch.Generator``
+whose seed is drawn from the ``generator`` passed to ``batches`` (one per position of the order),
+so an epoch's augmentation depends only on that generator, not on the number of workers, and no
+process-wide RNG is touched. Given the same seed, the output is bit-identical to torchvision's
+``v2.Compose`` of the same transforms drawing from the global RNG (tested). Normalisation:
+ImageNet mean/std, and iNaturalist's own (classifier-balancing's) for inat2018.
+
+Backbones (``default_arch``): ResNet-10 for ImageNet-LT, ResNet-50 for iNaturalist 2018 (both from
+scratch), ResNet-152 for Places-LT, initialised from an ImageNet checkpoint the user provides
+through ``model.weights`` (the training stage loads it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+from longtail import io
+from longtail.config import DataConfig
+from longtail.data import base
+from longtail.data.augment import normalize
+from longtail.data.imbalance import hold_out_per_class
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)  # classifier-balancing's
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SPLIT_SEED = 0
+DEFAULT_N_MAX, DEFAULT_N_MIN = 1280, 5  # OLTR's ImageNet-LT range
+DEFAULT_VAL_PER_CLASS, DEFAULT_TEST_PER_CLASS = 20, 50  # ImageNet-LT's balanced val and test
+DEFAULT_IMAGE_SIZE = 224
+JITTER = 0.4  # brightness, contrast and saturation of ColorJitter; hue 0
+MISSING_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One list-file dataset: its published list names, backbone and input statistics."""
+
+    name: str
+    lists: dict[str, str | None]  # split -> default list file under the root (None: none)
+    default_arch: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color_jitter: bool
+
+
+SPECS = {
+    s.name: s
+    for s in (
+        Spec(
+            "imagenet_lt",
+            {sp: f"ImageNet_LT_{sp}.txt" for sp in base.SPLITS},
+            "resnet10",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            color_jitter=True,
+        ),
+        Spec(
+            "places_lt",
+            {sp: f"Places_LT_{sp}.txt" for sp in base.SPLITS},
+            "resnet152",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            color_jitter=True,
+        ),
+        Spec(
+            "inat2018",
+            {"train": "iNaturalist18_train.txt", "val": None, "test": "iNaturalist18_val.txt"},
+            "resnet50",
+            INAT_MEAN,
+            INAT_STD,
+            color_jitter=False,
+        ),
+    )
+}
+
+
+# ------------------------------------------------------------------------------------- list files
+def parse_list(path: Path) -> list[tuple[str, int]]:
+    """``(path, label)`` rows of a list file; a leading ``/`` is dropped (paths are under root)."""
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError(
+                f"{path}:{lineno}: expected 'relative/path.jpg label' with a label "
+                f">= 0; got {line!r}"
+            )
+        rows.append((parts[0].lstrip("/"), int(parts[1])))
+    return rows
+
+
+def write_list(path: Path, rows: Sequence[tuple[str, int]]) -> None:
+    """Write ``(path, label)`` rows as a list file, atomically."""
+    io.write_text(path, "".join(f"{p} {label}\n" for p, label in rows))
+
+
+def _image_root(cfg: DataConfig) -> Path:
+    if cfg.root is None:
+        raise ValueError(
+            f"data.root: expected the folder that holds the {cfg.name} images; got null"
+        )
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"data.root: expected an existing folder of {cfg.name} images; "
+            f"got {cfg.root!r} (no such folder)"
+        )
+    return root
+
+
+def _list_files(cfg: DataConfig, spec: Spec, root: Path) -> dict[str, Path | None] | None:
+    """The list file of every split, or None when there are none (generate a split instead)."""
+    given = {split: getattr(cfg.lists, split) for split in base.SPLITS}
+    if given["train"] is None and not (root / spec.lists["train"]).is_file():
+        others = [f"data.lists.{s}" for s in ("val", "test") if given[s] is not None]
+        if others:
+            raise ValueError(
+                f"{', '.join(others)} set but data.lists.train is null and "
+                f"{root / spec.lists['train']} does not exist: expected a train list"
+            )
+        return None
+    files: dict[str, Path | None] = {}
+    for split in base.SPLITS:
+        if given[split] is not None:
+            files[split] = Path(given[split])
+            if not files[split].is_file():
+                raise FileNotFoundError(
+                    f"data.lists.{split}: no such file {given[split]!r} "
+                    f"(relative paths are taken from the working directory)"
+                )
+        elif spec.lists[split] is None:
+            files[split] = None
+        else:
+            files[split] = root / spec.lists[split]
+            if not files[split].is_file():
+                raise FileNotFoundError(
+                    f"data.lists.{split}: expected the {spec.name} list file; "
+                    f"the default {files[split]} does not exist (set "
+                    f"data.lists.{split} to its path)"
+                )
+    return files
+
+
+def _check_images(root: Path, rows: Sequence[tuple[str, int]], list_file: Path) -> None:
+    """Every listed image exists under ``root``, or an error showing the first missing ones."""
+    missing = [p for p, _ in rows if not (root / p).is_file()]
+    if missing:
+        shown = ", ".join(missing[:MISSING_SHOWN]) + (
+            ", ..." if len(missing) > MISSING_SHOWN else ""
+        )
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(rows)} images listed in {list_file} are "
+            f"missing under data.root {root}: {shown}"
+        )
+
+
+def _check_val_source(cfg: DataConfig, val_list: object) -> None:
+    if val_list is not None and cfg.val_per_class:
+        raise ValueError(
+            f"data.val_per_class: the val split comes from the list file {val_list}; "
+            f"expected null, got {cfg.val_per_class}"
+        )
+
+
+# ----------------------------------------------------------------------------- generated LT split
+def pareto_counts(
+    num_classes: int, *, alpha: float, n_max: int, n_min: int, seed: int
+) -> list[int]:
+    """Per-class counts of OLTR's protocol, largest first, from ``n_max`` down to ``n_min``.
+
+    One value per class is drawn from a Pareto distribution of shape ``alpha`` (seeded), sorted in
+    decreasing order and mapped affinely onto ``[n_min, n_max]``, then rounded: the ends are exact.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a Pareto split needs at least 2 classes; got {num_classes}")
+    if not 0 < n_min <= n_max:
+        raise ValueError(
+            f"data.n_min, data.n_max: expected 0 < n_min <= n_max; got {n_min}, {n_max}"
+        )
+    draws = np.sort(np.random.default_rng(seed).pareto(alpha, num_classes))[::-1]  # (C,)
+    scaled = (draws - draws[-1]) / (draws[0] - draws[-1])  # in [0, 1]; 1 for the largest class
+    return np.rint(n_min + scaled * (n_max - n_min)).astype(int).tolist()
+
+
+def split_balanced_folder(
+    paths: Sequence[Sequence[str]],
+    counts: Sequence[int],
+    *,
+    val_per_class: int,
+    test_per_class: int,
+    seed: int,
+) -> dict[str, list[tuple[str, int]]]:
+    """Per class (seeded): ``test_per_class`` test, ``val_per_class`` val, ``counts[c]`` train.
+
+    Args:
+        paths: for every class, its image paths.
+        counts: training images per class.
+
+    Returns:
+        ``(path, label)`` rows of every split, in class and then file order.
+    """
+    rng = np.random.default_rng(seed)
+    splits: dict[str, list[tuple[str, int]]] = {split: [] for split in base.SPLITS}
+    for label, (class_paths, count) in enumerate(zip(paths, counts, strict=True)):
+        sizes = {"test": test_per_class, "val": val_per_class, "train": count}
+        if len(class_paths) < sum(sizes.values()):
+            raise ValueError(
+                f"class {label} ({PurePosixPath(class_paths[0]).parent if class_paths else '?'}) "
+                f"has {len(class_paths)} images; the split needs {test_per_class} test "
+                f"(data.test_per_class) + {val_per_class} val (data.val_per_class) + "
+                f"{count} train (data.n_max, data.n_min)"
+            )
+        perm, start = rng.permutation(len(class_paths)), 0
+        for split, size in sizes.items():
+            chosen = np.sort(perm[start : start + size])
+            splits[split] += [(class_paths[i], label) for i in chosen]
+            start += size
+    return splits
+
+
+def _class_folders(root: Path, spec: Spec) -> tuple[list[str], list[list[str]]]:
+    """Class folder names of a balanced ``root/<class>/<image>`` tree and their image paths."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths = [
+        sorted(
+            f"{c}/{f.name}" for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        for c in classes
+    ]
+    if len(classes) < 2 or not all(paths):
+        raise FileNotFoundError(
+            f"data.root {root}: expected the list files ({spec.lists['train']} ..., or "
+            f"data.lists.*) or a balanced folder root/<class>/<image.jpg> with at least 2 classes "
+            f"to draw an LT split from; found neither"
+        )
+    return classes, paths
+
+
+# ----------------------------------------------------------------------------------------- download
+def download(cfg: DataConfig, raw_dir: Path) -> None:
+    """Check the images of the list files (or generate an LT split) and pin the lists in raw_dir."""
+    spec = SPECS[cfg.name]
+    root = _image_root(cfg)
+    files = _list_files(cfg, spec, root)
+    if files is None:
+        _generate(cfg, spec, root, raw_dir)
+    else:
+        _pin_lists(cfg, root, files, raw_dir)
+
+
+def _pin_lists(cfg: DataConfig, root: Path, files: dict[str, Path | None], raw_dir: Path) -> None:
+    _check_val_source(cfg, files["val"])
+    for file in files.values():
+        if file is not None:
+            _check_images(root, parse_list(file), file)
+    splits = {s: (f"{s}.txt" if f is not None else None) for s, f in files.items()}
+    with io.atomic_dir(raw_dir) as tmp:
+        for split, file in files.items():
+            if file is not None:
+                shutil.copyfile(file, tmp / f"{split}.txt")
+        lists = {s: {"file": str(f), "md5": io.md5sum(f)} for s, f in files.items() if f}
+        io.write_json(
+            tmp / "source.json",
+            {"mode": "lists", "root": str(cfg.root), "lists": lists, "splits": splits},
+        )
+    print(f"{cfg.name}: list files checked against {root} and pinned in {raw_dir}")
+
+
+def _generate(cfg: DataConfig, spec: Spec, root: Path, raw_dir: Path) -> None:
+    classes, paths = _class_folders(root, spec)
+    protocol = {
+        "pareto_alpha": cfg.pareto_alpha,
+        "n_max": cfg.n_max if cfg.n_max is not None else DEFAULT_N_MAX,
+        "n_min": cfg.n_min if cfg.n_min is not None else DEFAULT_N_MIN,
+        "val_per_class": (
+            cfg.val_per_class if cfg.val_per_class is not None else DEFAULT_VAL_PER_CLASS
+        ),
+        "test_per_class": (
+            cfg.test_per_class if cfg.test_per_class is not None else DEFAULT_TEST_PER_CLASS
+        ),
+        "seed": SPLIT_SEED,
+    }
+    counts = pareto_counts(
+        len(classes),
+        alpha=protocol["pareto_alpha"],
+        n_max=protocol["n_max"],
+        n_min=protocol["n_min"],
+        seed=SPLIT_SEED,
+    )
+    splits = split_balanced_folder(
+        paths,
+        counts,
+        val_per_class=protocol["val_per_class"],
+        test_per_class=protocol["test_per_class"],
+        seed=SPLIT_SEED,
+    )
+    with io.atomic_dir(raw_dir) as tmp:
+        for split, rows in splits.items():
+            write_list(tmp / f"{split}.txt", rows)
+        lists = {s: {"file": f"{s}.txt", "md5": io.md5sum(tmp / f"{s}.txt")} for s in splits}
+        io.write_json(
+            tmp / "source.json",
+            {
+                "mode": "generated",
+                "root": str(cfg.root),
+                "classes": classes,
+                "protocol": protocol,
+                "lists": lists,
+                "splits": {s: f"{s}.txt" for s in splits},
+            },
+        )
+    print(
+        f"{cfg.name}: generated an LT split of {root} ({sum(counts)} train images, "
+        f"{counts[0]} to {counts[-1]} per class) in {raw_dir}"
+    )
+
+
+# ----------------------------------------------------------------------------------------- prepare
+def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
+    """Manifests (``path``, ``label``) of the pinned lists; a seeded val carve-out if asked for."""
+    spec = SPECS[cfg.name]
+    source = base.read_json(raw_dir / "source.json")
+    if source["mode"] == "lists":
+        _check_val_source(cfg, source["splits"]["val"])
+    frames = {s: _frame(parse_list(raw_dir / f) if f else []) for s, f in source["splits"].items()}
+    if source["splits"]["val"] is None and cfg.val_per_class:
+        frames["train"], frames["val"] = _carve_val(frames["train"], cfg.val_per_class, seed)
+    num_classes = max(int(f["label"].max()) + 1 for f in frames.values() if len(f))
+    _check_classes(frames, num_classes)
+    names = source.get("classes") or class_names(frames["train"], num_classes)
+    info = {
+        "kind": "image",
+        "in_channels": 3,
+        "root": source["root"],
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "image_size": cfg.image_size or DEFAULT_IMAGE_SIZE,
+        "color_jitter": spec.color_jitter,
+        "has_val": len(frames["val"]) > 0,
+    }
+    base.write_prepared(out_dir, frames, names, info)
+
+
+def _frame(rows: Sequence[tuple[str, int]]) -> pd.DataFrame:
+    paths = [p for p, _ in rows]
+    labels = np.array([label for _, label in rows], dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(rows)),
+            "source_index": np.arange(len(rows)),
+            "path": paths,
+            "label": labels,
+        }
+    )
+
+
+def _carve_val(train: pd.DataFrame, per_class: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold ``per_class`` images of every class out of ``train`` (seeded) as a balanced val set."""
+    labels = train["label"].to_numpy()
+    smallest = int(np.bincount(labels).min())
+    if per_class >= smallest:
+        raise ValueError(
+            f"data.val_per_class: the smallest class has {smallest} training images; "
+            f"expected fewer than that, got {per_class}"
+        )
+    val, rest = hold_out_per_class(labels, per_class, np.random.default_rng(seed))
+    parts = [train.iloc[idx].reset_index(drop=True) for idx in (rest, val)]
+    for part in parts:
+        part["index"] = np.arange(len(part))  # source_index keeps the row of the train list
+    return parts[0], parts[1]
+
+
+def _check_classes(frames: dict[str, pd.DataFrame], num_classes: int) -> None:
+    counts = np.bincount(frames["train"]["label"], minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise ValueError(
+            f"train list: expected every class 0..{num_classes - 1} to have training "
+            f"images; classes {empty[:10].tolist()} have none"
+        )
+
+
+def class_names(train: pd.DataFrame, num_classes: int) -> list[str]:
+    """A name per class from the folder of its first training image, else its label.
+
+    The top folder shared by every path (``train/`` in ImageNet-LT) is left out.
+    """
+    first = train.groupby("label")["path"].first()
+    folders = [PurePosixPath(first[c]).parent.parts for c in range(num_classes)]
+    if len({f[:1] for f in folders}) == 1 and all(len(f) > 1 for f in folders):
+        folders = [f[1:] for f in folders]
+    names = ["/".join(f) for f in folders]
+    return (
+        names
+        if len(set(names)) == num_classes and all(names)
+        else [str(c) for c in range(num_classes)]
+    )
+
+
+# -------------------------------------------------------------------------------------- transforms
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return float(torch.empty(()).uniform_(low, high, generator=gen))  # float32, as torchvision
+
+
+def resized_crop_box(
+    height: int,
+    width: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of RandomResizedCrop, torchvision's algorithm, drawn from ``gen``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(gen, *scale)
+        aspect = math.exp(_uniform(gen, *log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (), generator=gen))
+            return top, left, h, w
+    # No box fitted in ten tries: the centre crop at the nearest allowed aspect ratio.
+    if width / height < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif width / height > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def train_transform(
+    image: torch.Tensor, size: int, color_jitter: bool, gen: torch.Generator
+) -> torch.Tensor:
+    """RandomResizedCrop + RandomHorizontalFlip (+ ColorJitter 0.4, 0.4, 0.4) of (3, H, W) uint8."""
+    top, left, h, w = resized_crop_box(image.shape[-2], image.shape[-1], gen)
+    image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    if float(torch.rand((), generator=gen)) < 0.5:
+        image = F.horizontal_flip(image)
+    if color_jitter:
+        # ColorJitter's draws: the order of its four operations, then the three factors (hue 0 is
+        # never applied and draws nothing).
+        order = torch.randperm(4, generator=gen).tolist()
+        ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+        factors = [_uniform(gen, 1 - JITTER, 1 + JITTER) for _ in ops]
+        for k in order:
+            if k < len(ops):
+                image = ops[k](image, factors[k])
+    return image
+
+
+def eval_transform(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the short side to ``size * 256 / 224``, then CenterCrop(size): (3, size, size)."""
+    image = F.resize(image, [int(size * 256 / 224)], antialias=True)
+    return F.center_crop(image, [size, size])
+
+
+# ------------------------------------------------------------------------------------------- source
+class _Files(Dataset):
+    """Items are ``(row, seed)``: the image of manifest row ``row``, augmented with ``seed``."""
+
+    def __init__(
+        self,
+        root: Path,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        size: int,
+        train: bool,
+        color_jitter: bool,
+    ) -> None:
+        self.root, self.paths, self.labels = root, paths, labels
+        self.size, self.train, self.color_jitter = size, train, color_jitter
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        row, seed = item
+        path = self.root / self.paths[row]
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"{path}: cannot read or decode the image ({err})") from None
+        if self.train:
+            gen = torch.Generator().manual_seed(seed)
+            image = train_transform(image, self.size, self.color_jitter, gen)
+        else:
+            image = eval_transform(image, self.size)
+        return image, self.labels[row]
+
+
+class FileSource:
+    """A split read from image files by a DataLoader, normalised on the training device.
+
+    Args:
+        root: the image root the paths are relative to.
+        paths: image path of every row of the manifest.
+        labels: (N,) labels.
+        size: side of the square network input.
+        mean, std: per-channel normalisation of images scaled to [0, 1].
+        color_jitter: add ColorJitter(0.4, 0.4, 0.4, 0) in training.
+        workers: DataLoader worker processes (0: decode in this process).
+        device: where batches are produced.
+    """
+
+    in_channels = 3
+
+    def __init__(
+        self,
+        root: Path,
+        paths: Sequence[str],
+        labels: torch.Tensor,
+        *,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        color_jitter: bool,
+        workers: int,
+        device: torch.device,
+    ) -> None:
+        self.root, self.paths = Path(root), list(paths)
+        self.labels = labels.to(torch.int64).cpu()
+        self.size, self.color_jitter, self.workers = size, color_jitter, workers
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rows = order.cpu().tolist()
+        if train:  # one augmentation seed per position; a host sync once per epoch on CUDA
+            seeds = torch.randint(
+                0, 2**62, (len(rows),), generator=generator, device=generator.device
+            ).tolist()
+        else:
+            seeds = [0] * len(rows)
+        files = _Files(
+            self.root, self.paths, self.labels.tolist(), self.size, train, self.color_jitter
+        )
+        loader = DataLoader(
+            files,
+            batch_size=batch_size,
+            sampler=list(zip(rows, seeds, strict=True)),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for x, y in loader:  # (B, 3, size, size) uint8, (B,) int64
+            x = x.to(self.device, non_blocking=True)
+            yield normalize(x, self.mean, self.std), y.to(self.device, non_blocking=True)
+
+
+def open_split(ctx: base.SourceContext, split: str) -> FileSource:
+    """A :class:`FileSource` over the split's manifest, as ``dataset.json`` describes it."""
+    info = base.read_json(ctx.prepared_dir / "dataset.json")
+    frame = base.read_manifest(ctx.prepared_dir, split)
+    return FileSource(
+        Path(info["root"]),
+        frame["path"].astype(str).tolist(),
+        torch.tensor(frame["label"].to_numpy(dtype=np.int64)),  # int64 even when empty
+        size=info["image_size"],
+        mean=info["mean"],
+        std=info["std"],
+        color_jitter=info["color_jitter"],
+        workers=ctx.data.workers,
+        device=ctx.device,
+    )
+
+
+def _extractor(name: str) -> Callable[[object, Path, Path, Path], None]:
+    def extract(frames_cfg: object, raw_dir: Path, prepared_dir: Path, frames_dir: Path) -> None:
+        """Images need no frame extraction; record that explicitly."""
+        base.write_nothing_to_extract(frames_dir, name)
+
+    return extract
+
+
+for _spec in SPECS.values():
+    base.register(
+        base.Family(
+            name=_spec.name,
+            kind="image",
+            default_arch=_spec.default_arch,
+            download=download,
+            prepare=prepare,
+            extract=_extractor(_spec.name),
+            open=open_split,
+        )
+    )

@@ -1,0 +1,200 @@
+"""Tests of frame extraction: OpenCV's view of a clip, resizing, fps, resuming, bad clips.
+
+Clips are rendered in the test (tiny moving-digits set, 16 frames of 32×32 at 8 fps).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from longtail.config import DataConfig, FramesConfig
+from longtail.data import base, frames, video
+
+TINY = DataConfig(name="moving_digits", n_max=4, imbalance=4.0, val_per_class=1, test_per_class=1)
+NUM_CLIPS = 18 + 10 + 10  # train (exp profile, n_max 4, IF 4), val, test
+DECODE = frames.decode_clip  # the real decoder, before any test patches it
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(raw_dir, prepared_dir)`` of the tiny moving-digits set."""
+    root = tmp_path_factory.mktemp("frames")
+    video.download_moving_digits(TINY, root / "raw")
+    video.prepare_moving_digits(TINY, 0, root / "raw", root / "prepared")
+    return root / "raw", root / "prepared"
+
+
+@pytest.fixture
+def own_raw(prepared: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A copy of the raw clips that a test may damage."""
+    return Path(shutil.copytree(prepared[0], tmp_path / "raw"))
+
+
+def first_clip(raw: Path, prepared_dir: Path) -> tuple[str, Path]:
+    clip = frames.listed_clips(prepared_dir)[0]
+    return clip, frames.clips_dir(raw) / f"{clip}.mp4"
+
+
+class CountingDecoder:
+    """Wraps ``decode_clip``: counts calls, and raises after ``fail_after`` of them if set."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls, self.fail_after = 0, fail_after
+
+    def __call__(self, path: Path, *, fps: float | None, size: int) -> np.ndarray:
+        if self.fail_after is not None and self.calls == self.fail_after:
+            raise RuntimeError("killed")
+        self.calls += 1
+        return DECODE(path, fps=fps, size=size)
+
+
+def test_extracted_clip_has_opencv_frame_count_and_size(prepared: tuple[Path, Path]) -> None:
+    raw, prepared_dir = prepared
+    _, mp4 = first_clip(raw, prepared_dir)
+    capture = cv2.VideoCapture(str(mp4))
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    width, height = (
+        int(capture.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT)
+    )
+    ok, first = capture.read()
+    capture.release()
+    assert ok and (count, height, width) == (16, 32, 32)
+    array = frames.decode_clip(mp4, fps=None, size=min(height, width))
+    assert array.shape == (count, height, width, 3) and array.dtype == np.uint8
+    assert np.array_equal(array[0], cv2.cvtColor(first, cv2.COLOR_BGR2RGB))
+
+
+def test_short_side_is_resized_and_aspect_kept(tmp_path: Path) -> None:
+    path = tmp_path / "wide.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (48, 32))
+    for t in range(5):
+        writer.write(np.full((32, 48, 3), 40 * t, dtype=np.uint8))
+    writer.release()
+    assert frames.decode_clip(path, fps=None, size=16).shape == (5, 16, 24, 3)
+    assert frames.decode_clip(path, fps=None, size=64).shape == (5, 64, 96, 3)
+    assert frames.resized_shape(480, 640, 224) == (224, 299)  # EGTEA's 640×480 at CDB-CE's 224
+    assert frames.resized_shape(640, 480, 224) == (299, 224)
+
+
+def test_fps_keeps_the_first_frame_at_or_after_each_tick(prepared: tuple[Path, Path]) -> None:
+    def first(native: float, fps: float | None, k: int) -> list[int]:
+        kept = frames.kept_frames(native, fps)
+        return [next(kept) for _ in range(k)]
+
+    assert first(8, 4, 5) == [0, 2, 4, 6, 8]  # an integer ratio: every other frame
+    assert first(8, 3, 6) == [0, 3, 6, 8, 11, 14]  # ceil(j * 8 / 3)
+    assert first(30, 5, 3) == [0, 6, 12]  # CDB-CE's sample_every = 6
+    assert first(8, None, 3) == first(8, 16, 3) == [0, 1, 2]  # no upsampling
+    _, mp4 = first_clip(*prepared)
+    native = frames.decode_clip(mp4, fps=None, size=32)
+    assert np.array_equal(frames.decode_clip(mp4, fps=4, size=32), native[::2])
+    assert np.array_equal(frames.decode_clip(mp4, fps=3, size=32), native[[0, 3, 6, 8, 11, 14]])
+
+
+def test_interrupted_extraction_resumes_with_the_missing_clips_only(
+    prepared: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, prepared_dir = prepared
+    cfg = FramesConfig(workers=1)
+    killed = CountingDecoder(fail_after=5)
+    monkeypatch.setattr(frames, "decode_clip", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        frames.extract(cfg, raw, prepared_dir, tmp_path / "frames")
+    assert len(list((tmp_path / "frames").rglob("*.npy"))) == 5
+    assert not (tmp_path / "frames" / frames.MANIFEST).exists()
+    assert not list((tmp_path / "frames").rglob("*.tmp"))  # nothing half-written
+    resumed = CountingDecoder()
+    monkeypatch.setattr(frames, "decode_clip", resumed)
+    frames.extract(cfg, raw, prepared_dir, tmp_path / "frames")
+    assert resumed.calls == NUM_CLIPS - 5
+    manifest = frames.read_manifest(tmp_path / "frames")
+    assert (manifest["decoded"], manifest["reused"], manifest["clips"]) == (
+        NUM_CLIPS - 5,
+        5,
+        NUM_CLIPS,
+    )
+    deleted = sorted((tmp_path / "frames").rglob("*.npy"))[:3]  # delete some finished clips
+    for path in deleted:
+        path.unlink()
+    again = CountingDecoder()
+    monkeypatch.setattr(frames, "decode_clip", again)
+    frames.extract(cfg, raw, prepared_dir, tmp_path / "frames")
+    assert again.calls == 3 and all(p.exists() for p in deleted)
+
+
+def test_other_settings_start_afresh(
+    prepared: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, prepared_dir = prepared
+    frames.extract(FramesConfig(workers=1), raw, prepared_dir, tmp_path / "frames")
+    counter = CountingDecoder()
+    monkeypatch.setattr(frames, "decode_clip", counter)
+    frames.extract(FramesConfig(workers=1, size=16), raw, prepared_dir, tmp_path / "frames")
+    assert counter.calls == NUM_CLIPS
+    manifest = frames.read_manifest(tmp_path / "frames")
+    assert {(e["height"], e["width"]) for e in manifest["per_clip"].values()} == {(16, 16)}
+
+
+def test_corrupt_clip_fails_the_stage_by_name(
+    prepared: tuple[Path, Path], own_raw: Path, tmp_path: Path
+) -> None:
+    prepared_dir = prepared[1]
+    clip, mp4 = first_clip(own_raw, prepared_dir)
+    mp4.write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(ValueError, match=rf"{clip}.*frames\.skip_bad: true"):
+        frames.extract(FramesConfig(workers=1), own_raw, prepared_dir, tmp_path / "frames")
+    assert (tmp_path / "frames" / frames.BAD_CLIPS).read_text().startswith(f"{clip}\t")
+    assert not (tmp_path / "frames" / frames.MANIFEST).exists()
+
+
+def test_skip_bad_drops_and_lists_the_corrupt_clip(
+    prepared: tuple[Path, Path], own_raw: Path, tmp_path: Path
+) -> None:
+    prepared_dir = prepared[1]
+    clip, mp4 = first_clip(own_raw, prepared_dir)
+    mp4.write_bytes(np.random.default_rng(0).bytes(3000))
+    cfg = FramesConfig(workers=1, skip_bad=True, segments=4)
+    frames.extract(cfg, own_raw, prepared_dir, tmp_path / "frames")
+    manifest = frames.read_manifest(tmp_path / "frames")
+    assert [e["clip"] for e in manifest["bad_clips"]] == [clip]
+    assert manifest["clips"] == NUM_CLIPS - 1 and clip not in manifest["per_clip"]
+    split = next(s for s in base.SPLITS if clip in set(base.read_manifest(prepared_dir, s)["clip"]))
+    ctx = base.SourceContext(
+        TINY, cfg, own_raw, prepared_dir, tmp_path / "frames", torch.device("cpu")
+    )
+    kept = base.read_manifest(prepared_dir, split)
+    kept = kept[kept["clip"] != clip]
+    source = base.get("moving_digits").open(ctx, split)
+    assert source.labels.tolist() == kept["label"].tolist()
+
+
+def test_missing_clip_file_is_a_bad_clip(prepared: tuple[Path, Path], own_raw: Path) -> None:
+    _, mp4 = first_clip(own_raw, prepared[1])
+    mp4.unlink()
+    with pytest.raises(frames.BadClipError, match="file not found"):
+        frames.decode_clip(mp4, fps=None, size=32)
+
+
+def test_worker_pool_gives_the_inline_arrays(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+    raw, prepared_dir = prepared
+    frames.extract(FramesConfig(workers=1), raw, prepared_dir, tmp_path / "one")
+    frames.extract(FramesConfig(workers=2), raw, prepared_dir, tmp_path / "two")
+    one, two = (frames.read_manifest(tmp_path / d) for d in ("one", "two"))
+    assert one["per_clip"] == two["per_clip"] and two["decoded"] == NUM_CLIPS
+    for clip in one["per_clip"]:
+        assert np.array_equal(
+            np.load(frames.clip_output(tmp_path / "one", clip)),
+            np.load(frames.clip_output(tmp_path / "two", clip)),
+        )
+
+
+def test_image_manifest_is_refused_as_frames(tmp_path: Path) -> None:
+    base.write_nothing_to_extract(tmp_path, "digits")
+    with pytest.raises(ValueError, match="kind: video"):
+        frames.read_manifest(tmp_path)

@@ -1,0 +1,62 @@
+"""The whole DVC pipeline on digits-LT at tiny settings, as a user runs it."""
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import Repo, git_init
+
+STAGES = ["download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate"]
+
+
+@pytest.mark.parametrize("loss", ["cdb_ce", "balanced_softmax"])
+def test_stages_run_end_to_end(repo: Repo, loss: str) -> None:
+    git_init(repo)
+    repo.params({"loss": {"name": loss}})
+    for stage in STAGES:
+        repo.stage(stage)
+    result = json.loads((repo.root / "metrics/evaluate.json").read_text())
+    for key in ("top1", "many", "medium", "few", "num_many", "num_medium", "num_few"):
+        assert key in result
+    assert result["num_many"] + result["num_medium"] + result["num_few"] == 10
+    assert 0.0 <= result["top1"] <= 100.0
+    per_class = pd.read_csv(repo.root / "plots/per_class.csv")
+    assert list(per_class.columns) == ["class", "train_count", "accuracy"]
+    assert len(pd.read_csv(repo.root / "plots/confusion.csv")) == 300
+    frames = json.loads((repo.root / "data/frames/manifest.json").read_text())
+    assert frames["kind"] == "image" and frames["clips"] == 0
+    for stage in ("pretrain", "finetune"):  # the per-epoch curves of both training stages
+        curve = pd.read_csv(repo.root / f"dvclive/{stage}/plots/metrics/val/top1.tsv", sep="\t")
+        assert list(curve["step"]) == [0, 1]
+
+
+def test_dvc_repro_then_exp_run_reuses_pretrain(repo: Repo) -> None:
+    git_init(repo)
+    first = repo.dvc("repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+    assert "| digits |" in first.stdout  # the results table at the end
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-qm", "baseline")
+    exp = repo.dvc("exp", "run", "-S", "loss.tau=1.5")
+    for stage in ("download", "inject_imbalance", "extract_frames", "pretrain"):
+        assert f"Stage '{stage}' didn't change, skipping" in exp.stdout
+    for stage in ("finetune", "evaluate"):
+        assert f"Running stage '{stage}'" in exp.stdout
+    diff = repo.dvc("metrics", "diff", "--all", "--json")
+    changed = json.loads(diff.stdout)["metrics/evaluate.json"]
+    assert "top1" in changed and "few" in changed
+    plots = repo.dvc("plots", "show", "--json")
+    shown = json.loads(plots.stdout)
+    assert not shown.get("errors"), shown["errors"]
+    for name in ("train_loss", "val_top1", "val_few", "per_class_accuracy", "confusion"):
+        assert shown["data"][name], name
+
+
+def test_bad_params_stop_the_first_stage_without_traceback(repo: Repo) -> None:
+    repo.params({"loss": {"name": "nope"}})
+    proc = repo.stage("download", check=False)
+    assert proc.returncode == 2
+    assert "loss.name: expected one of ce, focal" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (repo.root / "data").exists()
