@@ -136,11 +136,58 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """``finetune``: loss-specific fine-tuning of the pretrained network."""
+    """``finetune``: loss-specific fine-tuning or decoupled retraining of the pretrained network.
 
-    mode: Literal["none", "full"] = "full"
+    ``mode`` picks an entry of ``longtail.decouple.MODES``. ``tau_norm`` is a number (τ of the
+    τ-normalised classifier), a list of candidates, or ``sweep`` (classifier-balancing's grid
+    0, 0.1, ..., 2); with more than one candidate the best on ``val`` is used. The ``meta_*`` keys
+    configure the BALMS meta sampler (``sampler: meta``, refused with ``mode: full``); their
+    defaults are the BALMS CIFAR configs (``init_pow`` 0, Adam lr 0.01, meta batch = batch size).
+    """
+
+    TAU_SWEEP: typing.ClassVar[tuple[float, ...]] = tuple(i / 10 for i in range(21))
+
+    mode: Literal["none", "full", "classifier", "tau_norm", "lws"] = "full"
     sampler: str = "instance"
+    augment: bool = True
+    tau_norm: float | str | tuple[float, ...] = "sweep"
+    meta_lr: float = _check(0.01, gt=0)
+    meta_init_pow: float = _check(0.0, ge=0)
+    meta_batch_size: int | None = _check(None, gt=0)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tau_norm", self._parse_tau_norm(self.tau_norm))
+        # The sampler is read by "full" and "classifier" only; a meta step exists in the latter.
+        if self.sampler == "meta" and self.mode == "full":
+            raise ConfigError(
+                "finetune.sampler: meta expects finetune.mode: classifier (BALMS meta-learns the "
+                f"sampler of classifier retraining); got finetune.mode: {self.mode}"
+            )
+
+    @classmethod
+    def _parse_tau_norm(cls, value: Any) -> float | str | tuple[float, ...]:
+        """A number >= 0, ``sweep``, or a non-empty list of numbers >= 0 (sorted, deduplicated)."""
+        expected = 'a number >= 0, a list of numbers >= 0, or "sweep"'
+        if isinstance(value, str) and value.strip() == "sweep":
+            return "sweep"
+        if isinstance(value, str) and value.strip().startswith("["):
+            value = [v for v in value.strip("[] ").split(",") if v.strip()]
+        many = isinstance(value, (list, tuple))
+        items = list(value) if many else [value]
+        try:
+            numbers = [_number("finetune.tau_norm", v, float) for v in items]
+        except ConfigError:
+            _fail("finetune.tau_norm", expected, value)
+        if not numbers or any(not 0 <= t < float("inf") for t in numbers):
+            _fail("finetune.tau_norm", expected, value)
+        return tuple(sorted(set(numbers))) if many else numbers[0]
+
+    def tau_candidates(self) -> tuple[float, ...]:
+        """The τ values to try, ascending (one value: no choice to make)."""
+        if self.tau_norm == "sweep":
+            return self.TAU_SWEEP
+        return self.tau_norm if isinstance(self.tau_norm, tuple) else (self.tau_norm,)
 
 
 @dataclass(frozen=True)
@@ -334,7 +381,7 @@ def _loss_value(value: Any) -> Any:
         try:
             return float(value)
         except ValueError:
-            return None if value.lower() in ("null", "none") else value
+            return None if value.lower() == "null" else value
     return value
 
 

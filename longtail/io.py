@@ -2,17 +2,28 @@
 
 Every file the pipeline writes goes to a temporary name in the same directory and is renamed into
 place, so a kill (Ctrl-C, SIGKILL, a lost machine) never leaves a truncated file where a good one is
-expected. Directories are built the same way: under a temporary name, renamed at the end.
+expected: the path holds either the old content or the new, never a mix. Directories are built the
+same way, under a temporary name renamed at the end.
+
+Temporary names are ``.<name>.<8 hex digits>.tmp`` beside the target. A kill can leave one behind
+(no ``finally`` runs under SIGKILL); the next write of the same target removes it, so a persisted
+output directory (checkpoints) does not fill up with them. One process writes a given path at a
+time (only rank 0 writes outputs), which is what makes that clean-up safe.
+
+Temporary files and directories are created with the process's umask, like an ordinary ``open``,
+so outputs are not made private the way ``tempfile.mkstemp`` would make them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +36,49 @@ class ChecksumError(ValueError):
     """A file's md5 differs from the expected one."""
 
 
+# ----------------------------------------------------------------------------- temporary siblings
+def _temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
+def _is_temp_of(candidate: Path, path: Path) -> bool:
+    pattern = rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp"
+    return re.fullmatch(pattern, candidate.name) is not None
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temporaries that an interrupted write of ``path`` left beside it.
+
+    Returns:
+        The removed paths.
+    """
+    path = Path(path)
+    stale = [
+        p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if _is_temp_of(p, path)
+    ]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
+def _new_temp(path: Path, directory: bool) -> Path:
+    """Create an empty temporary file or directory beside ``path`` (mode from the umask)."""
+    for _ in range(100):
+        tmp = _temp_name(path)
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary name beside {path}")
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem allows opening a directory
         fd = os.open(directory, os.O_RDONLY)
@@ -34,22 +88,65 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    The block must write to exactly the yielded path (a writer that appends its own suffix, such
+    as ``np.savez``, needs an open file object instead). On an exception the temporary file is
+    removed and ``path`` keeps its old content, or stays absent.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    remove_stale_temps(path)
+    tmp = _new_temp(path, directory=False)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        yield tmp
+        _fsync_file(tmp)  # the data is on disk before the name points at it
+        os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` if the block succeeds.
+
+    On an exception the temporary directory is removed and ``path`` is left as it was. A kill
+    during the final swap can leave ``path`` absent (never half-written); the next run rebuilds it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
+    tmp = _new_temp(path, directory=True)
+    try:
+        yield tmp
+        _swap_in(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename ``new`` onto ``path``, moving an existing ``path`` aside first and deleting it."""
+    old = None
+    if path.exists() or path.is_symlink():
+        old = _temp_name(path)
+        os.replace(path, old)
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -69,9 +166,14 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
-    """Atomically ``torch.save`` ``obj`` to ``path``."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Atomically ``torch.save`` ``obj`` to ``path``; the same ``obj`` gives the same bytes.
+
+    ``torch.save`` given a file name records that name inside the zip archive (here the random
+    temporary name), so two saves of one state would differ and DVC would see a changed output.
+    Given an open file it records the fixed name ``archive``.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -80,26 +182,7 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` if the block succeeds.
-
-    On failure the temporary directory is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
+# ------------------------------------------------------------------------------------- checksums
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     """Return the hex md5 of a file, read in chunks."""
     digest = hashlib.md5()
@@ -111,6 +194,8 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def verify_md5(path: str | Path, expected: str | None, override_key: str = "data.md5") -> bool:
     """Check ``path`` against ``expected``; ``None`` skips the check and returns False.
+
+    Call it before unpacking anything from ``path``.
 
     Raises:
         ChecksumError: naming the file, both checksums and the param that overrides the check.

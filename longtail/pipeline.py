@@ -24,31 +24,61 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; expected errors print one clear line (no traceback) and exit 2.
 
     Expected errors are the boundary errors (``ValueError`` and its subclasses such as
-    ``ConfigError`` and ``ChecksumError``), missing files and a diverged training run. Set
-    ``LONGTAIL_TRACEBACK=1`` to see the traceback anyway.
+    ``ConfigError`` and ``ChecksumError``), missing files, a failed download and a diverged
+    training run; every message is listed in ``docs/errors.md``. Ctrl-C prints how to resume and
+    exits 130. Set ``LONGTAIL_TRACEBACK=1`` to see the traceback anyway.
     """
     from longtail.train import TrainingDiverged
 
     try:
         main()
-    except (ValueError, FileNotFoundError, TrainingDiverged) as err:
+    except (ValueError, FileNotFoundError, ConnectionError, TrainingDiverged) as err:
         if os.environ.get("LONGTAIL_TRACEBACK"):
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: outputs are written atomically and training resumes from its last "
+            "checkpoint; run dvc repro again to continue",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+
+
+# Inside an input directory, files with these suffixes (code and manifests) are hashed by content;
+# other files (image arrays, extracted frames: derived from them) by name and size, so the
+# signature of a stage over gigabytes of frames costs a directory walk, not a read.
+CONTENT_SUFFIXES = frozenset({".py", ".csv", ".json", ".txt", ".yaml", ".yml", ".lst"})
 
 
 def hash_files(paths: Iterable[Path]) -> str:
-    """md5 over the names and bytes of ``paths`` (directories are walked in sorted order)."""
+    """md5 over the inputs' names and contents (directories walked in sorted order).
+
+    A path given directly is hashed by content. Inside a directory, code and manifest files
+    (:data:`CONTENT_SUFFIXES`) are hashed by content and the other files by name and size.
+    ``__pycache__`` is skipped. Names are taken as given (relative paths keep the hash independent
+    of where the repository lives).
+
+    Raises:
+        FileNotFoundError: an input is missing (naming it).
+    """
     digest = hashlib.md5()
     for path in sorted(Path(p) for p in paths):
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        for f in files:
-            if "__pycache__" in f.parts:
-                continue
-            digest.update(str(f).encode())
-            digest.update(io.md5sum(f).encode())
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
+        if not path.is_dir():
+            _hash_file(digest, path, by_content=True)
+            continue
+        for f in sorted(f for f in path.rglob("*") if f.is_file()):
+            if "__pycache__" not in f.parts:
+                _hash_file(digest, f, by_content=f.suffix.lower() in CONTENT_SUFFIXES)
     return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: Path, by_content: bool) -> None:
+    digest.update(path.as_posix().encode())
+    digest.update(io.md5sum(path).encode() if by_content else b"size:%d" % path.stat().st_size)
 
 
 def signature(params: Mapping[str, Any], inputs: Iterable[Path]) -> str:
@@ -85,7 +115,13 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model written by :func:`save_model`; returns ``(model, the file's dict)``."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # written atomically here, so only a foreign copy can be broken
+        raise ValueError(
+            f"{path} is not a readable model file ({type(err).__name__}); rewrite it with "
+            "dvc repro --force <the stage that writes it>, or dvc checkout it"
+        ) from err
     model = nets.create(blob["arch"], blob["num_classes"], in_channels=blob["in_channels"])
     model.load_state_dict(blob["state_dict"])
     return model, blob
@@ -94,8 +130,10 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 class EpochLogger:
     """Per-epoch metrics into DVCLive (``dvcyaml=False``; dvc.yaml declares the outputs).
 
-    A resumed run replays the epochs stored in its checkpoint first, so the curves continue where
-    they stopped instead of restarting.
+    Every run starts from an empty directory; a resumed run first replays the epochs stored in its
+    checkpoint (:meth:`replay`), so the curves continue where they stopped and end identical to an
+    uninterrupted run's (an epoch the killed run logged after its last checkpoint is not
+    duplicated). The DVCLive step of epoch ``e`` is ``e``.
     """
 
     def __init__(self, directory: Path, enabled: bool = True) -> None:
@@ -111,14 +149,21 @@ class EpochLogger:
     def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.live is None:
             return
+        self.live.step = epoch
         for key, value in metrics.items():
-            if key not in ("epoch",):
+            if key != "epoch":
                 self.live.log_metric(key, float(value))
         self.live.next_step()
 
     def replay(self, history: Iterable[Mapping[str, float]]) -> None:
-        for i, metrics in enumerate(history):
-            self(i, metrics)
+        """Log the epochs of a checkpoint's history again, as they were logged the first time."""
+        for epoch, metrics in enumerate(history):
+            self(epoch, metrics)
+
+    @property
+    def step(self) -> int:
+        """The next DVCLive step (the number of epochs logged)."""
+        return self.live.step if self.live is not None else 0
 
     def close(self) -> None:
         if self.live is not None:

@@ -198,7 +198,13 @@ def register(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
 
 def names() -> tuple[str, ...]:
     """The registered sampler names, in registration order."""
+    _load_builtin()
     return tuple(SAMPLERS)
+
+
+def _load_builtin() -> None:
+    """Import the samplers that live in other modules (they register themselves on import)."""
+    import longtail.meta  # noqa: F401  (the BALMS meta sampler)
 
 
 def create(
@@ -223,6 +229,7 @@ def create(
     Raises:
         ValueError: unknown name or an option the sampler does not take.
     """
+    _load_builtin()
     if name not in SAMPLERS:
         raise ValueError(f'finetune.sampler: expected one of {", ".join(SAMPLERS)}; got "{name}"')
     cls = SAMPLERS[name]

@@ -6,14 +6,20 @@ and ``loss.update(per_class_val_accuracy)`` after it (CDB-CE's difficulty weight
 never looks at ``test``: each epoch is scored on ``val``.
 
 The step is free of host syncs (no ``.item()``, no Python check of a tensor): loss sums accumulate
-on
-the device and the NaN/inf check runs once per epoch. On CUDA the fast path (bf16 autocast,
-channels_last, fused SGD, ``torch.compile`` with static shapes) is on by default; on the CPU the
-exact fp32 path runs, bit for bit repeatable with ``determinism: true``.
+on the device, and the NaN/inf check runs once per epoch on those sums and on the weights. On CUDA
+the fast path (bf16 autocast, channels_last, fused SGD, ``torch.compile`` with static shapes) is on
+by default; on the CPU the exact fp32 path runs, bit for bit repeatable.
 
-A checkpoint (model, optimiser, LR schedule, loss state, sampler state, RNG states, epoch, step,
-logger step) is written atomically after every epoch and every ``checkpoint_minutes``; a rerun
-resumes from it only when its signature (hash of the stage's params, code and inputs) matches.
+Never lose work. A checkpoint is written atomically after every epoch and, inside long epochs,
+every ``train.checkpoint_minutes``. It holds the model, optimiser, LR schedule, loss state (CDB-CE's
+weights, FBL's epoch), sampler state, the RNG states (Python, NumPy, torch CPU and CUDA, and the
+augmentation generator inside an epoch), the epoch, the step inside it, the running loss sums, the
+DVCLive step and the per-epoch history, so a resumed run continues exactly where the killed one
+stopped: on the CPU it ends bit for bit where an uninterrupted run ends. Nothing is carried between
+epochs in random state: the order and the augmentation of epoch ``e`` are pure functions of
+``(seed, e)``. A rerun resumes only when the checkpoint's signature (a hash of the stage's params,
+its code and its inputs, computed by the caller) matches, and otherwise says so and starts fresh.
+An unreadable (truncated, foreign) checkpoint is never loaded.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +45,7 @@ from longtail.metrics import confusion_matrix, per_class_accuracy, summarize
 
 
 class TrainingDiverged(RuntimeError):
-    """The epoch's accumulated loss is NaN or infinite."""
+    """The epoch's accumulated loss, or the network's weights, became NaN or infinite."""
 
 
 # ------------------------------------------------------------------------------ device and speed
@@ -57,14 +64,25 @@ def resolve_device(name: str) -> torch.device:
 def set_determinism(enabled: bool, device: torch.device) -> None:
     """Make runs repeat exactly (CPU: bit for bit; CUDA: PyTorch's documented switches).
 
-    On CUDA this disables cuDNN autotuning and non-deterministic kernels, which costs speed; see the
-    README's table of what ``determinism`` costs.
+    On: ``torch.use_deterministic_algorithms(True)`` (deterministic kernels, an error for an op
+    that has none; it also fills new uninitialised memory), cuDNN's deterministic algorithms and no
+    cuDNN autotuning (``cudnn.benchmark``), ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for cuBLAS (set
+    before the first CUDA call unless already set) and Inductor's deterministic mode (no kernel
+    benchmarking that changes numerics) for ``torch.compile``. Off on CUDA: cuDNN autotuning is on.
+    What determinism costs is in the README. The CPU path is repeatable either way on one machine
+    with one thread count; the switch makes sure no op picks a racy kernel.
     """
-    if enabled and device.type == "cuda":
+    cuda = device.type == "cuda"
+    if enabled and cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = not enabled and device.type == "cuda"
+    torch.backends.cudnn.benchmark = not enabled and cuda
+    if enabled and cuda:
+        import torch._inductor.config as inductor
+
+        if hasattr(inductor, "deterministic"):  # absent from older PyTorch releases
+            inductor.deterministic = True
 
 
 @dataclass(frozen=True)
@@ -133,30 +151,52 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
 
 # ------------------------------------------------------------------------------------ checkpoints
 class Checkpointer:
-    """Atomic checkpoints at ``path`` that resume only under the same ``signature``."""
+    """Atomic checkpoints at ``path`` that resume only under the same ``signature``.
 
-    def __init__(self, path: Path, signature: str, log: Callable[[str], None] = print) -> None:
+    Args:
+        path: the checkpoint file (a persisted, uncached DVC output).
+        signature: hash of what the run depends on (params, code, inputs); stored in the file.
+        log: receives the one-line reason when a stored checkpoint is not used.
+        meta: stored alongside for a reader (the resolved config); never compared.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        signature: str,
+        log: Callable[[str], None] = print,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path, self.signature, self.log = Path(path), signature, log
+        self.meta = dict(meta or {})
 
     def load(self) -> dict[str, Any] | None:
         """The stored state if it is readable and has this signature, else None (and says why)."""
         if not self.path.exists():
             return None
-        try:
+        try:  # the pipeline's own file (RNG states are pickled objects, not only tensors)
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as err:  # a truncated or foreign file: never resume from it
-            self.log(f"checkpoint {self.path} is unreadable ({type(err).__name__}); starting fresh")
-            return None
-        if not isinstance(state, dict) or state.get("signature") != self.signature:
             self.log(
-                f"checkpoint {self.path} has a different signature (params, code or data "
-                "changed); starting fresh"
+                f"checkpoint {self.path} is unreadable ({type(err).__name__}: "
+                f"{str(err)[:120]}); starting fresh"
+            )
+            return None
+        if not isinstance(state, dict) or "signature" not in state:
+            self.log(f"checkpoint {self.path} is not a training checkpoint; starting fresh")
+            return None
+        if state["signature"] != self.signature:
+            self.log(
+                f"checkpoint {self.path} has a different signature (stored "
+                f"{str(state['signature'])[:12]}, now {self.signature[:12]}: params, code or "
+                "input data changed); starting fresh"
             )
             return None
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        io.save_torch({**state, "signature": self.signature}, self.path)
+        """Write ``state`` with the signature, atomically (temp file, fsync, rename)."""
+        io.save_torch({**state, "signature": self.signature, "meta": self.meta}, self.path)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -175,6 +215,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -236,8 +277,12 @@ class Trainer:
         params: the parameters to optimise (all of ``model``'s by default).
         train_mode: puts the model in its training mode (decoupled retraining keeps a frozen
             backbone in eval mode).
+        checkpointer: where checkpoints go; None trains without them.
         all_reduce: sums a tensor over processes (identity in a single process).
-        log_epoch: receives the epoch's metrics (the stage forwards them to DVCLive).
+        log_epoch: receives ``(epoch, metrics)`` after the epoch's checkpoint is on disk (the stage
+            forwards them to DVCLive).
+        log: the terminal (resume notices, one line per ``log_every_epochs``).
+        history: the per-epoch metrics so far (restored by :meth:`resume`).
     """
 
     model: nn.Module
@@ -280,9 +325,11 @@ class Trainer:
         self.logger_step = 0
         self._acc: dict[str, torch.Tensor] = {}
         self._aug_state: torch.Tensor | None = None
+        self._last_lr: float | None = None  # the LR of the last optimiser step, for error messages
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self, epoch: int, step_in_epoch: int, gen: torch.Generator | None) -> dict:
+        """Everything needed to continue: ``epoch`` epochs done plus ``step_in_epoch`` steps."""
         return {
             "stage": self.stage,
             "model": self.model.state_dict(),
@@ -293,13 +340,17 @@ class Trainer:
             "rng": rng_state(),
             "aug_generator": gen.get_state() if gen is not None else None,
             "epoch": epoch,
+            "epochs": self.optim.epochs,
             "step_in_epoch": step_in_epoch,
-            "accumulators": {k: v.cpu() for k, v in self._acc.items()},
+            "global_step": epoch * self.steps_per_epoch + step_in_epoch,
+            "accumulators": {k: v.detach().cpu() for k, v in self._acc.items()},
+            "last_lr": self._last_lr,
             "logger_step": self.logger_step,
-            "history": self.history,
+            "history": [dict(h) for h in self.history],
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -309,29 +360,42 @@ class Trainer:
         self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
         self._acc = {k: v.to(self.device) for k, v in state["accumulators"].items()}
         self._aug_state = state["aug_generator"]
+        self._last_lr = state.get("last_lr")
         self.logger_step = state["logger_step"]
-        self.history = list(state["history"])
+        self.history = [dict(h) for h in state["history"]]
 
     def resume(self) -> bool:
-        """Load the checkpoint if it matches; True when training continues from it."""
+        """Load the checkpoint if it matches; True when the run continues from it.
+
+        A checkpoint of the finished run (every epoch done) is resumed too: :meth:`fit` then trains
+        nothing and the caller rewrites its outputs from the restored state, which is what a kill
+        between the last checkpoint and the last output needs.
+        """
         if self.checkpointer is None:
             return False
         state = self.checkpointer.load()
         if state is None:
             return False
         self.load_state_dict(state)
-        where = f"epoch {self.start_epoch}" + (
-            f", step {self.start_step}" if self.start_step else ""
-        )
-        self.log(f"[{self.stage}] resuming from {self.checkpointer.path} at {where}")
+        self.log(self._resume_message())
         return True
+
+    def _resume_message(self) -> str:
+        done, total = self.start_epoch, self.optim.epochs
+        where = self.checkpointer.path if self.checkpointer else "-"
+        if done >= total:
+            return (
+                f"[{self.stage}] {where} holds the finished run ({done}/{total} epochs): "
+                "nothing to train, rewriting the outputs from it"
+            )
+        step = f", step {self.start_step}/{self.steps_per_epoch}" if self.start_step else ""
+        return f"[{self.stage}] resuming from epoch {done + 1}/{total}{step} ({where})"
 
     # -- one epoch -------------------------------------------------------------------------------
     def _generator(self, epoch: int) -> torch.Generator:
+        """The augmentation generator of ``epoch``: a pure function of ``(seed, epoch)``."""
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(
-            self.seed * 1_000_003 + epoch * 7919 + 17
-        )  # a pure function of (seed, epoch)
+        gen.manual_seed(self.seed * 1_000_003 + epoch * 7919 + 17)
         return gen
 
     def _set_train_mode(self) -> None:
@@ -340,46 +404,52 @@ class Trainer:
         else:
             self.train_mode(self.model)
 
+    def _begin_epoch(self, epoch: int, gen: torch.Generator) -> int:
+        """Steps of ``epoch`` already done: restores their generator state and loss sums."""
+        if epoch == self.start_epoch and self.start_step:
+            assert self._aug_state is not None, "a mid-epoch checkpoint without its generator"
+            gen.set_state(self._aug_state)
+            skip, self.start_step = self.start_step, 0
+            return skip
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._acc = {"loss": zero.clone(), "correct": zero.clone(), "count": zero.clone()}
+        return 0
+
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the sampler's order; returns the epoch's training metrics."""
+        """One pass over the sampler's order; returns the epoch's training metrics.
+
+        Raises:
+            TrainingDiverged: the epoch's loss or the weights are NaN or infinite; the checkpoint
+                on disk is the last good one.
+        """
         self.loss.set_epoch(epoch, self.optim.epochs)
         self.sampler.set_epoch(epoch, self.optim.epochs)
         gen = self._generator(epoch)
-        skip = 0
-        if epoch == self.start_epoch and self.start_step:
-            skip = self.start_step  # resuming inside an epoch
-            gen.set_state(self._aug_state)
-        else:
-            zero = torch.zeros((), dtype=torch.float64, device=self.device)
-            self._acc = {"loss": zero.clone(), "correct": zero.clone(), "count": zero.clone()}
+        step = self._begin_epoch(epoch, gen)
         self._set_train_mode()
-        order = self.sampler.indices()[skip * self.optim.batch_size :]
+        order = self.sampler.indices()[step * self.optim.batch_size :]
         last_save = time.monotonic()
-        step = skip
         for x, y in self.train_source.batches(
             order, self.optim.batch_size, train=True, generator=gen
         ):
             self._step(x, y)
             step += 1
-            if (
-                self.checkpointer
-                and time.monotonic() - last_save > 60 * self.train_cfg.checkpoint_minutes
-            ):
+            if self._checkpoint_due(last_save):
+                # A checkpoint must be good: check first (a host sync, once per checkpoint).
+                # Distributed training must agree on "due" across ranks before this point.
+                self._check_finite(epoch, step, reduce=False)
                 self.checkpointer.save(self.state_dict(epoch, step, gen))
                 last_save = time.monotonic()
-        acc = {k: float(self.all_reduce(v.clone())) for k, v in self._acc.items()}  # host sync
-        mean_loss = acc["loss"] / max(acc["count"], 1.0)
-        if not math.isfinite(mean_loss):
-            raise TrainingDiverged(
-                f"[{self.stage}] loss {self.loss_name!r} became {mean_loss} in epoch {epoch} "
-                f"(last learning rate {self.optimizer.param_groups[0]['lr']:.3g}); the last good "
-                f"checkpoint is kept at {self.checkpointer.path if self.checkpointer else '-'}"
-            )
+        loss_sum, correct, count = self._check_finite(epoch, step, reduce=True)
         return {
-            "train/loss": mean_loss,
-            "train/acc": 100.0 * acc["correct"] / max(acc["count"], 1),
+            "train/loss": loss_sum / max(count, 1.0),
+            "train/acc": 100.0 * correct / max(count, 1.0),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+
+    def _checkpoint_due(self, last_save: float) -> bool:
+        minutes = self.train_cfg.checkpoint_minutes
+        return self.checkpointer is not None and time.monotonic() - last_save > 60 * minutes
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with self.fast.autocast(self.device):
@@ -387,6 +457,7 @@ class Trainer:
             loss = self.loss(logits, y, features)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._last_lr = self.optimizer.param_groups[0]["lr"]  # a Python float: no sync
         self.optimizer.step()
         self.scheduler.step()
         n = y.shape[0]
@@ -394,6 +465,47 @@ class Trainer:
         self._acc["correct"] += (logits.detach().argmax(1) == y).sum()
         self._acc["count"] += n
 
+    # -- NaN / inf -------------------------------------------------------------------------------
+    def _weights_finite(self) -> torch.Tensor:
+        """() bool on the device: every floating parameter and buffer of the model is finite."""
+        tensors = [
+            t for t in chain(self.model.parameters(), self.model.buffers()) if t.is_floating_point()
+        ]
+        if not tensors:
+            return torch.ones((), dtype=torch.bool, device=self.device)
+        return torch.stack([t.detach().isfinite().all() for t in tensors]).all()
+
+    def _check_finite(self, epoch: int, step: int, reduce: bool) -> tuple[float, float, float]:
+        """One host sync: the loss sums (summed over processes when ``reduce``) and the check.
+
+        Returns:
+            ``(loss sum, correct, count)`` of the epoch so far.
+        """
+        sums = torch.stack([self._acc["loss"], self._acc["correct"], self._acc["count"]])
+        bad_weights = (~self._weights_finite()).to(torch.float64)
+        packed = torch.cat([sums.to(torch.float64), bad_weights[None]])  # (4,)
+        if reduce:
+            packed = self.all_reduce(packed)
+        loss_sum, correct, count, bad = packed.tolist()  # host sync
+        if not math.isfinite(loss_sum) or bad > 0:
+            raise TrainingDiverged(self._diverged_message(epoch, step, loss_sum, count))
+        return loss_sum, correct, count
+
+    def _diverged_message(self, epoch: int, step: int, loss_sum: float, count: float) -> str:
+        lr = self._last_lr if self._last_lr is not None else self.optimizer.param_groups[0]["lr"]
+        if math.isfinite(loss_sum):
+            what = f"the network's weights became NaN or infinite (loss {self.loss_name!r} finite)"
+        else:
+            what = f"loss {self.loss_name!r} is {loss_sum / max(count, 1.0)}"
+        where = self.checkpointer.path if self.checkpointer else "nowhere (no checkpointer)"
+        return (
+            f"[{self.stage}] training diverged in epoch {epoch + 1}/{self.optim.epochs}, "
+            f"step {step}/{self.steps_per_epoch}: {what}; last learning rate {lr:.4g}. "
+            f"The last good checkpoint is kept at {where}. Lower the learning rate "
+            f"({self.stage}.lr), add warmup ({self.stage}.warmup_epochs) or check the loss options."
+        )
+
+    # -- validation ----------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         """Score ``val``, feed per-class accuracy to the loss, return the val metrics."""
         if self.val_source is None or len(self.val_source) == 0:
@@ -414,17 +526,21 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
-        """Train from scratch or from the checkpoint; returns the per-epoch metrics."""
+        """Train from scratch or from the checkpoint; returns the per-epoch metrics.
+
+        After every epoch: the checkpoint is written, then ``log_epoch`` is called, then the
+        terminal line printed, so a printed epoch line means its checkpoint is on disk.
+        """
         for epoch in range(self.start_epoch, self.optim.epochs):
             t0 = time.perf_counter()
             metrics = {**self.train_one_epoch(epoch), **self.validate()}
             metrics["epoch"] = epoch
             metrics["seconds"] = time.perf_counter() - t0
             self.history.append(metrics)
-            self.log_epoch(epoch, metrics)
             self.logger_step += 1
             if self.checkpointer is not None:
                 self.checkpointer.save(self.state_dict(epoch + 1, 0, None))
+            self.log_epoch(epoch, metrics)
             if (epoch + 1) % self.train_cfg.log_every_epochs == 0 or epoch + 1 == self.optim.epochs:
                 self.log(_format_epoch(self.stage, epoch, self.optim.epochs, metrics))
         return self.history

@@ -64,6 +64,12 @@ def sections(cfg: Config, *names: str) -> dict:
     return {name: full[name] for name in names}
 
 
+def code_paths(stage: str) -> list[Path]:
+    """The code a training stage's checkpoint signature covers (its dvc.yaml code deps)."""
+    script = Path("stages") / f"{stage}.py"
+    return [*CODE, Path("stages/common.py"), *([script] if script.exists() else [])]
+
+
 def train_stage(
     stage: str,
     cfg: Config,
@@ -76,11 +82,16 @@ def train_stage(
     param_sections: tuple[str, ...],
     params: list | None = None,
     train_mode=None,
+    sampler_options: dict | None = None,
+    setup=None,
 ) -> dict:
     """Train ``model`` with one loss and sampler under the shared loop; returns final metrics.
 
     Writes the checkpoint ``checkpoints/<stage>.ckpt`` (resumed when its signature matches), the
-    DVCLive curves ``dvclive/<stage>/`` and ``metrics/<stage>.json``.
+    DVCLive curves ``dvclive/<stage>/`` and ``metrics/<stage>.json``. ``sampler_options`` go to
+    the sampler's constructor; ``setup(trainer)``, if given, runs once the trainer is built and
+    before it resumes (decoupled retraining swaps in frozen-feature sources and the BALMS meta
+    step there).
     """
     from longtail import io, losses, samplers
     from longtail.data.base import class_counts
@@ -97,9 +108,15 @@ def train_stage(
             f"{stage}: loss {loss_cfg.name} needs a val split (set data.val_per_class > 0)"
         )
     sampler = samplers.create(
-        sampler_name, train_src.labels, seed=cfg.seed, num_classes=len(counts)
+        sampler_name,
+        train_src.labels,
+        seed=cfg.seed,
+        num_classes=len(counts),
+        **(sampler_options or {}),
     )
-    sig = signature(sections(cfg, *param_sections), [*CODE, *inputs])
+    # The resolved device type joins the params: a CPU checkpoint does not resume on CUDA.
+    params_used = {**sections(cfg, *param_sections), "resolved_device": device.type}
+    sig = signature(params_used, [*code_paths(stage), *inputs])
     trainer = Trainer(
         model=model,
         loss=loss,
@@ -118,8 +135,10 @@ def train_stage(
         loss_name=loss_cfg.name,
         params=params,
         train_mode=train_mode,
-        checkpointer=Checkpointer(CHECKPOINTS / f"{stage}.ckpt", sig),
+        checkpointer=Checkpointer(CHECKPOINTS / f"{stage}.ckpt", sig, meta=params_used),
     )
+    if setup is not None:
+        setup(trainer)
     logger = EpochLogger(LIVE / stage)
     trainer.log_epoch = logger
     if trainer.resume():

@@ -1,18 +1,23 @@
-"""Stage ``finetune``: loss-specific fine-tuning of the pretrained network (``finetune.mode``).
+"""Stage ``finetune``: fine-tuning or decoupled retraining of the pretrained network.
 
-``full`` fine-tunes every layer with ``loss`` and ``finetune.sampler``; ``none`` passes the backbone
-through (the papers' end-to-end recipes train in ``pretrain`` with ``pretrain.loss``). Writes
-``models/final.pt``, ``metrics/finetune.json`` and ``dvclive/finetune``. Run:
-``python -m stages.finetune``.
+``finetune.mode`` picks one of ``longtail.decouple.MODES`` (none, full, classifier, tau_norm, lws;
+see that module). Writes ``models/final.pt``, ``metrics/finetune.json``, ``dvclive/finetune`` (the
+per-epoch curves of the modes that train), ``checkpoints/finetune.ckpt`` and ``plots/finetune/``
+(the meta sampler's per-class sampling rates, the τ sweep, the LWS scales, when the mode makes
+them). Run: ``python -m stages.finetune``.
 """
 
 import shutil
 
-from longtail import io
+from longtail import decouple, io
 from longtail.config import to_dict
-from longtail.pipeline import load_model, run_stage, save_model
-from longtail.train import resolve_device, set_determinism
+from longtail.data.base import read_json
+from longtail.pipeline import load_model, run_stage, save_model, write_plot_csv
+from longtail.train import FastPath, resolve_device, set_determinism
 from stages import common
+
+PLOTS = common.PLOTS / "finetune"
+PARAM_SECTIONS = ("seed", "determinism", "loss", "finetune", "train", "evaluate")
 
 
 def main() -> None:
@@ -21,25 +26,42 @@ def main() -> None:
     set_determinism(cfg.determinism, device)
     source = common.MODELS / "pretrain.pt"
     model, blob = load_model(source)
-    mode = cfg.finetune.mode
-    if mode == "none":
-        shutil.copyfile(source, common.MODELS / "final.pt.tmp")
-        (common.MODELS / "final.pt.tmp").replace(common.MODELS / "final.pt")
-        io.write_json(common.METRICS / "finetune.json", {"mode": "none", "epochs": 0})
-        (common.LIVE / "finetune").mkdir(parents=True, exist_ok=True)
-        print("[finetune] mode none: the pretrained network is the final one")
-        return
-    common.train_stage(
-        "finetune",
-        cfg,
-        model,
-        cfg.loss,
-        cfg.finetune.sampler,
-        cfg.finetune.optim,
-        device,
-        inputs=[common.PREPARED, common.FRAMES, source],
-        param_sections=("seed", "determinism", "loss", "finetune", "train", "evaluate"),
+    classes = read_json(common.PREPARED / "class_counts.json")
+    ctx = common.context(cfg, device)
+
+    def train(net, *, loss, sampler, params=None, sampler_options=None, setup=None) -> dict:
+        return common.train_stage(
+            "finetune",
+            cfg,
+            net,
+            loss,
+            sampler,
+            cfg.finetune.optim,
+            device,
+            inputs=[common.PREPARED, common.FRAMES, source],
+            param_sections=PARAM_SECTIONS,
+            params=params,
+            sampler_options=sampler_options,
+            setup=setup,
+        )
+
+    job = decouple.Job(
+        model=model,
+        config=cfg.finetune,
+        loss=cfg.loss,
+        seed=cfg.seed,
+        device=device,
+        fast=FastPath.resolve(cfg.train, device),
+        eval_batch_size=cfg.train.eval_batch_size,
+        train_counts=classes["train"],
+        many_shot=cfg.evaluate.many_shot,
+        few_shot=cfg.evaluate.few_shot,
+        open_split=lambda split: common.family(cfg).open(ctx, split),
+        train=train,
+        class_names=classes["names"],
     )
+    outcome = decouple.run(cfg.finetune.mode, job)
+    write_outputs(outcome, cfg.finetune.mode)
     save_model(
         common.MODELS / "final.pt",
         model,
@@ -47,8 +69,31 @@ def main() -> None:
         blob["num_classes"],
         blob["in_channels"],
         to_dict(cfg),
-        extra={"mode": mode},
+        extra={"mode": cfg.finetune.mode},
     )
+    print(f"[finetune] mode {cfg.finetune.mode}: {summary_line(outcome.metrics)}")
+
+
+def write_outputs(outcome: decouple.Outcome, mode: str) -> None:
+    """Metrics, plot tables, and for modes without training the outputs dvc.yaml declares."""
+    io.write_json(common.METRICS / "finetune.json", outcome.metrics)
+    shutil.rmtree(PLOTS, ignore_errors=True)  # no table of an earlier mode survives
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    for name, rows in outcome.plots.items():
+        write_plot_csv(PLOTS / f"{name}.csv", rows)
+    if not outcome.trained:
+        live = common.LIVE / "finetune"
+        shutil.rmtree(live, ignore_errors=True)
+        (live / "plots").mkdir(parents=True)
+        # A checkpoint without a signature never resumes; it only marks that nothing trained.
+        io.save_torch({"stage": "finetune", "mode": mode}, common.CHECKPOINTS / "finetune.ckpt")
+
+
+def summary_line(metrics: dict) -> str:
+    """The headline numbers of a mode's metrics, e.g. ``epochs 30, tau 1, val/top1 85.5``."""
+    keys = ("epochs", "tau", "val/top1", "val/few")
+    shown = [f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))]
+    return ", ".join(shown) or "no training"
 
 
 if __name__ == "__main__":

@@ -46,20 +46,20 @@ def test_registry_names_and_unknown_name_lists_them() -> None:
 def test_register_refuses_duplicates_and_create_passes_options(monkeypatch) -> None:
     monkeypatch.setattr(samplers, "SAMPLERS", dict(samplers.SAMPLERS))
 
-    @register("meta")
-    class Meta(samplers.InstanceSampler):
+    @register("toy")
+    class Toy(samplers.InstanceSampler):
         def __init__(self, labels: torch.Tensor, *, strength: float, **kw: object) -> None:
             super().__init__(labels, **kw)
             self.strength = strength
 
-    sampler = create("meta", make_labels(), seed=3, rank=1, world_size=2, strength=0.5)
-    assert isinstance(sampler, Meta)
+    sampler = create("toy", make_labels(), seed=3, rank=1, world_size=2, strength=0.5)
+    assert isinstance(sampler, Toy)
     assert (sampler.strength, sampler.seed, sampler.rank, sampler.world_size) == (0.5, 3, 1, 2)
-    assert "meta" in names()
+    assert "toy" in names()
     with pytest.raises(ValueError, match="already registered"):
-        register("meta")(Meta)
+        register("toy")(Toy)
     with pytest.raises(ValueError, match="already registered"):
-        register("instance")(Meta)
+        register("instance")(Toy)
 
 
 def test_unknown_option_is_refused_with_the_accepted_ones() -> None:

@@ -227,7 +227,7 @@ def open_arrays(ctx: SourceContext, split: str, *, padding: int, flip: bool) -> 
     """A :class:`TensorSource` over ``<split>_images.npy`` and the split's manifest labels."""
     info = read_json(ctx.prepared_dir / "dataset.json")
     images = torch.from_numpy(np.load(ctx.prepared_dir / f"{split}_images.npy"))
-    labels = torch.from_numpy(read_manifest(ctx.prepared_dir, split)["label"].to_numpy(np.int64))
+    labels = torch.tensor(read_manifest(ctx.prepared_dir, split)["label"].to_numpy(np.int64))
     return TensorSource(
         images,
         labels,

@@ -1,0 +1,528 @@
+"""Tests of longtail.decouple (the finetune modes) and of the finetune stage end to end.
+
+In-process tests run each mode on a tiny network (a convolution, BatchNorm, a linear classifier)
+and a few 4×4 images through the real training loop; the pipeline test runs every mode's
+``finetune`` and ``evaluate`` stage scripts on tiny digits settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import typing
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longtail import config, decouple, losses, samplers
+from longtail.config import ConfigError, FinetuneConfig
+from longtail.data.base import TensorSource
+from longtail.decouple import (
+    MODES,
+    FrozenFeatures,
+    Job,
+    LinearHead,
+    reset_classifier,
+    tau_normalized,
+)
+from longtail.meta import MetaSampler, MetaSource
+from longtail.train import FastPath, Trainer
+
+COUNTS = [12, 6, 3]
+CPU = torch.device("cpu")
+FAST = FastPath(bf16=False, channels_last=False, compile=False)
+
+
+class TinyNet(nn.Module):
+    """conv -> BatchNorm -> ReLU -> mean pool -> fc: the interface of ``longtail.nets``."""
+
+    def __init__(self, classes: int = 3, width: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, classes)
+        self.feature_dim = width
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.forward_features(x)
+        return self.fc(feature), feature
+
+
+def pretrained() -> TinyNet:
+    """A TinyNet with BatchNorm running statistics far from their defaults."""
+    with torch.random.fork_rng():  # nn's initialisers draw from the global RNG
+        torch.manual_seed(0)
+        net = TinyNet()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.5, 0.5, generator=gen)
+        net.bn.running_var.uniform_(0.5, 2.0, generator=gen)
+        net.bn.num_batches_tracked.fill_(7)
+    return net
+
+
+def images(counts: list[int], seed: int, padding: int = 1) -> TensorSource:
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    x = torch.randint(0, 256, (len(labels), 1, 4, 4), generator=gen, dtype=torch.uint8)
+    return TensorSource(
+        x, labels, mean=(0.5,), std=(0.25,), padding=padding, flip=False, device=CPU
+    )
+
+
+def parse(finetune: dict, loss: str = "ce") -> config.Config:
+    base = {"epochs": 2, "batch_size": 8, "lr": 0.1}
+    return config.parse({"finetune": {**base, **finetune}, "loss": {"name": loss}})
+
+
+def make_job(model: nn.Module, cfg: config.Config, **sources: TensorSource) -> tuple[Job, list]:
+    """A job whose ``train`` runs the real Trainer in-process; records every call's objects."""
+    train_src = sources.get("train", images(COUNTS, 1))
+    val_src = sources.get("val", images([4, 4, 4], 2, padding=0))
+    calls: list[dict] = []
+
+    def train(net, *, loss, sampler, params=None, sampler_options=None, setup=None) -> dict:
+        trainer = Trainer(
+            model=net,
+            loss=losses.create(loss.name, COUNTS, **loss.kwargs()),
+            sampler=samplers.create(
+                sampler, train_src.labels, seed=0, num_classes=3, **(sampler_options or {})
+            ),
+            train_source=train_src,
+            val_source=val_src,
+            optim=cfg.finetune.optim,
+            train_cfg=cfg.train,
+            device=CPU,
+            seed=0,
+            num_classes=3,
+            train_counts=COUNTS,
+            params=params,
+            log=lambda line: None,
+        )
+        if setup is not None:
+            setup(trainer)
+        calls.append({"trainer": trainer, "sampler": sampler, "params": params})
+        history = trainer.fit()
+        return {"epochs": len(history), **history[-1]}
+
+    job = Job(
+        model=model,
+        config=cfg.finetune,
+        loss=cfg.loss,
+        seed=0,
+        device=CPU,
+        fast=FAST,
+        eval_batch_size=64,
+        train_counts=COUNTS,
+        many_shot=10,
+        few_shot=4,
+        open_split=lambda split: {"val": val_src}[split],
+        train=train,
+    )
+    return job, calls
+
+
+def backbone_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("fc.")}
+
+
+def assert_backbone_unchanged(before: dict, net: nn.Module) -> None:
+    after = backbone_state(net)
+    assert before.keys() == after.keys() and "bn.running_mean" in after
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key  # parameters and BatchNorm buffers
+
+
+# ------------------------------------------------------------------------------ registry, config
+def test_modes_are_exactly_the_config_choices() -> None:
+    hints = typing.get_type_hints(FinetuneConfig)
+    assert set(MODES) == set(typing.get_args(hints["mode"]))
+    with pytest.raises(ValueError, match=r"finetune.mode: expected one of none, full"):
+        decouple.run("nope", None)
+    with pytest.raises(ValueError, match="already registered"):
+        decouple.register("none")(decouple.none)
+
+
+@pytest.mark.parametrize(
+    ("value", "candidates"),
+    [
+        (1.0, (1.0,)),
+        ("1e-01", (0.1,)),
+        ([1, 0.5, 1], (0.5, 1.0)),
+        ("[0, 2]", (0.0, 2.0)),
+        ("sweep", tuple(i / 10 for i in range(21))),
+    ],
+)
+def test_tau_norm_accepts_a_number_a_list_or_sweep(value: object, candidates: tuple) -> None:
+    assert parse({"tau_norm": value}).finetune.tau_candidates() == candidates
+
+
+@pytest.mark.parametrize(
+    ("finetune", "match"),
+    [
+        ({"tau_norm": -1}, "finetune.tau_norm: expected a number >= 0, a list of numbers"),
+        ({"tau_norm": []}, "finetune.tau_norm: expected"),
+        ({"tau_norm": "sweeep"}, "finetune.tau_norm: expected"),
+        ({"mode": "full", "sampler": "meta"}, "finetune.sampler: meta expects finetune.mode: c"),
+        ({"mode": "clasifier"}, "finetune.mode: expected one of none, full, classifier"),
+        ({"meta_lr": 0}, "finetune.meta_lr: expected a number > 0"),
+        ({"meta_batch_size": 0}, "finetune.meta_batch_size: expected a number > 0"),
+    ],
+)
+def test_bad_finetune_values_are_refused(finetune: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse(finetune)
+
+
+def test_meta_options_parse_from_strings() -> None:
+    cfg = parse({"mode": "classifier", "sampler": "meta", "meta_lr": "1e-03"}).finetune
+    assert (cfg.meta_lr, cfg.meta_init_pow, cfg.meta_batch_size) == (0.001, 0.0, None)
+
+
+# ------------------------------------------------------------------------------ building blocks
+def test_tau_normalisation_closed_forms() -> None:
+    weight = torch.tensor([[3.0, 4.0], [0.0, 0.5]])  # row norms 5 and 0.5
+    assert torch.equal(tau_normalized(weight, 0.0), weight)
+    assert torch.allclose(tau_normalized(weight, 1.0).norm(dim=1), torch.ones(2))
+    expected = torch.tensor([[3.0, 4.0], [0.0, 0.5]]) / torch.tensor([[5**0.5], [0.5**0.5]])
+    assert torch.allclose(tau_normalized(weight, 0.5), expected)
+
+
+def test_reset_classifier_is_seeded_linear_default() -> None:
+    a, b = nn.Linear(16, 3), nn.Linear(16, 3)
+    reset_classifier(a, 5)
+    reset_classifier(b, 5)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert a.weight.abs().max() <= 0.25 and a.bias.abs().max() <= 0.25  # U(±1/sqrt(16))
+    reset_classifier(b, 6)
+    assert not torch.equal(a.weight, b.weight)
+
+
+def test_frozen_features_equal_the_backbone_on_each_batch() -> None:
+    net = pretrained().eval()
+    src = images(COUNTS, 1)
+    order = torch.randperm(21, generator=torch.Generator().manual_seed(0))
+    for augment in (True, False):
+        frozen = FrozenFeatures(src, net, augment=augment, batch_size=64, fast=FAST)
+        gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        ours = list(frozen.batches(order, 8, train=True, generator=gen_a))
+        ref = list(src.batches(order, 8, train=augment, generator=gen_b))
+        for (f, y), (x, y_ref) in zip(ours, ref, strict=True):
+            assert torch.equal(y, y_ref)
+            with torch.no_grad():
+                expected = net.forward_features(x)
+            if augment:  # the same augmented batch through the same backbone: identical
+                assert torch.equal(f, expected)
+            else:  # looked up from the one-off pass (batch 64 instead of 8)
+                assert torch.allclose(f, expected, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------ modes
+def test_none_passes_the_network_through() -> None:
+    net = pretrained()
+    before = copy.deepcopy(net.state_dict())
+    job, calls = make_job(net, parse({"mode": "none"}))
+    outcome = decouple.run("none", job)
+    assert not outcome.trained and not calls
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+def test_full_trains_every_layer_and_can_skip_augmentation() -> None:
+    net = pretrained()
+    before = backbone_state(net)
+    job, calls = make_job(net, parse({"mode": "full", "augment": False}))
+    decouple.run("full", job)
+    assert calls[0]["params"] is None  # every parameter
+    assert not torch.equal(before["conv.weight"], net.conv.weight)
+    trainer = calls[0]["trainer"]
+    order, gen = torch.arange(8), torch.Generator()
+    x, _ = next(trainer.train_source.batches(order, 8, train=True, generator=gen))
+    x_eval, _ = next(images(COUNTS, 1).batches(order, 8, train=False, generator=gen))
+    assert torch.equal(x, x_eval)  # augment: false trains on the evaluation batches
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_classifier_mode_freezes_the_backbone_and_retrains_a_new_classifier(augment: bool) -> None:
+    net = pretrained()
+    before, old_fc = backbone_state(net), net.fc.weight.detach().clone()
+    job, calls = make_job(net, parse({"mode": "classifier", "augment": augment}))
+    outcome = decouple.run("classifier", job)
+    assert_backbone_unchanged(before, net)
+    assert not net.training  # BatchNorm stayed in eval mode throughout
+    trainer = calls[0]["trainer"]
+    assert isinstance(trainer.model, LinearHead) and trainer.model.fc is net.fc
+    assert {id(p) for p in calls[0]["params"]} == {id(net.fc.weight), id(net.fc.bias)}
+    assert isinstance(trainer.train_source, FrozenFeatures)
+    assert isinstance(trainer.val_source, FrozenFeatures)
+    assert not torch.equal(net.fc.weight, old_fc)
+    assert outcome.metrics["mode"] == "classifier" and outcome.metrics["epochs"] == 2
+
+
+def test_classifier_mode_equals_the_loop_over_the_whole_frozen_network() -> None:
+    """Exactness of the feature path: the same classifier as training the whole network with the
+    backbone frozen in eval mode (same augmentation draws, same order, same steps)."""
+    net, ref = pretrained(), pretrained()
+    cfg = parse({"mode": "classifier", "sampler": "class_balanced"})
+    job, _ = make_job(net, cfg)
+    decouple.run("classifier", job)
+
+    reset_classifier(ref.fc, 0)
+    ref.requires_grad_(False)
+    ref.fc.requires_grad_(True)
+    trainer = Trainer(
+        model=ref,
+        loss=losses.create("ce", COUNTS),
+        sampler=samplers.create("class_balanced", images(COUNTS, 1).labels, seed=0),
+        train_source=images(COUNTS, 1),
+        val_source=images([4, 4, 4], 2, padding=0),
+        optim=cfg.finetune.optim,
+        train_cfg=cfg.train,
+        device=CPU,
+        seed=0,
+        num_classes=3,
+        train_counts=COUNTS,
+        params=list(ref.fc.parameters()),
+        train_mode=lambda model: model.eval(),
+        log=lambda line: None,
+    )
+    trainer.fit()
+    assert torch.equal(net.fc.weight, ref.fc.weight) and torch.equal(net.fc.bias, ref.fc.bias)
+
+
+def test_balms_retrains_with_the_meta_sampler_on_val() -> None:
+    net = pretrained()
+    before = backbone_state(net)
+    val = images([4, 4, 4], 2, padding=0)
+    cfg = parse(
+        {"mode": "classifier", "sampler": "meta", "meta_init_pow": 1.0, "meta_batch_size": 6},
+        loss="balanced_softmax",
+    )
+    job, calls = make_job(net, cfg, val=val)
+    outcome = decouple.run("classifier", job)
+    assert_backbone_unchanged(before, net)
+    source = calls[0]["trainer"].train_source
+    assert isinstance(source, MetaSource) and isinstance(source.sampler, MetaSampler)
+    assert source.meta.source is val  # the meta set is the val split, through its features
+    assert source.meta_batch_size == 6 and source.sampler.init_pow == 1.0
+    assert torch.equal(source.shift, torch.tensor(COUNTS, dtype=torch.float64).log().float())
+    rows = outcome.plots["meta_sampling"]
+    assert [r["train_count"] for r in rows] == COUNTS
+    assert sum(r["class_prob"] for r in rows) == pytest.approx(1.0, abs=1e-5)
+    epochs = {r["epoch"] for r in outcome.plots["meta_sampling_epochs"]}
+    assert epochs == {0, 1, 2}
+    first = [r["class_prob"] for r in outcome.plots["meta_sampling_epochs"] if r["epoch"] == 0]
+    assert first == pytest.approx([1 / 3] * 3, abs=1e-5)  # init_pow 1 starts class-balanced
+    assert first != pytest.approx([r["class_prob"] for r in rows], abs=1e-6)  # it learned
+
+
+def test_meta_sampler_refuses_a_loss_without_a_per_image_form() -> None:
+    job, _ = make_job(pretrained(), parse({"mode": "classifier", "sampler": "meta"}, "focal"))
+    with pytest.raises(ValueError, match=r"loss.name: the meta sampler's inner step expects"):
+        decouple.run("classifier", job)
+
+
+def test_tau_norm_with_tau_zero_leaves_predictions_unchanged() -> None:
+    net = pretrained().eval()
+    x = next(images(COUNTS, 3).batches(torch.arange(21), 21, train=False, generator=None))[0]
+    with torch.no_grad():
+        before = net(x)[0]
+    job, calls = make_job(net, parse({"mode": "tau_norm", "tau_norm": 0}))
+    outcome = decouple.run("tau_norm", job)
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], before)
+    assert not calls and not outcome.trained and outcome.metrics["tau"] == 0.0
+
+
+class Identity(nn.Module):
+    """A backbone whose feature is the flattened input (features chosen by hand)."""
+
+    feature_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class Rows:
+    """A source of given feature rows (no augmentation)."""
+
+    in_channels = 2
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.labels = x, y
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, order, batch_size, *, train, generator):
+        for idx in order.split(batch_size):
+            yield self.x[idx], self.labels[idx]
+
+
+def test_tau_sweep_picks_the_best_tau_on_val() -> None:
+    """Head class 0 has a 10× longer weight: τ = 0 misreads the tail sample, τ = 2 the head one."""
+    net = Identity()
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 1.0]]))
+        net.fc.bias.zero_()
+    val = Rows(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), torch.tensor([0, 1]))
+    job, _ = make_job(net, parse({"mode": "tau_norm", "tau_norm": [0, 1, 2]}))
+    job.open_split = lambda split: {"val": val}[split]
+    job.train_counts = [100, 10]
+    outcome = decouple.run("tau_norm", job)
+    accuracy = {r["tau"]: r["mean_class_accuracy"] for r in outcome.plots["tau_norm"]}
+    assert accuracy == {0.0: 50.0, 1.0: 100.0, 2.0: 50.0}
+    assert outcome.metrics["tau"] == 1.0 and outcome.metrics["val/top1"] == 100.0
+    assert torch.allclose(net.fc.weight, torch.eye(2))  # w_c / ||w_c|| applied
+
+
+def test_lws_learns_one_scale_per_class_on_class_balanced_batches() -> None:
+    net = pretrained()
+    before, fc = backbone_state(net), copy.deepcopy(net.fc)
+    job, calls = make_job(net, parse({"mode": "lws", "sampler": "instance"}))
+    outcome = decouple.run("lws", job)
+    assert_backbone_unchanged(before, net)
+    assert calls[0]["sampler"] == "class_balanced"  # by definition, whatever finetune.sampler
+    head = calls[0]["trainer"].model
+    assert [id(p) for p in calls[0]["params"]] == [id(head.scales)]
+    scales = torch.tensor([r["scale"] for r in outcome.plots["lws_scales"]])
+    assert not torch.allclose(scales, torch.ones(3))
+    # Folded: the final classifier is the pretrained one with each row scaled.
+    ratio = net.fc.weight / fc.weight
+    assert torch.allclose(ratio, scales[:, None].expand_as(ratio), rtol=1e-5)
+    assert torch.allclose(net.fc.bias, scales * fc.bias, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the pipeline
+MODE_PARAMS = {
+    "none": {"finetune": {"mode": "none"}},
+    "full": {"finetune": {"mode": "full"}},
+    "crt": {
+        "finetune": {"mode": "classifier", "sampler": "class_balanced"},
+        "loss": {"name": "ce"},
+    },
+    "decoupled_bs": {
+        "finetune": {"mode": "classifier", "augment": False},
+        "loss": {"name": "balanced_softmax"},
+    },
+    "balms": {
+        "finetune": {"mode": "classifier", "sampler": "meta", "meta_init_pow": 0.5},
+        "loss": {"name": "balanced_softmax"},
+    },
+    "tau_norm": {"finetune": {"mode": "tau_norm", "tau_norm": [0, 0.5, 1]}},
+    "lws": {"finetune": {"mode": "lws"}, "loss": {"name": "ce"}},
+}
+
+# Runs the stage scripts as `python -m stages.<name>` would (runpy), in one interpreter so that
+# torch is imported once: the prerequisites once, then finetune + evaluate per mode.
+DRIVER = """
+import json, runpy, shutil, sys, torch, yaml
+from pathlib import Path
+
+torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine: threads only contend
+
+def stage(name):
+    try:
+        runpy.run_module("stages." + name, run_name="__main__")
+    except SystemExit as exit:
+        if exit.code:
+            raise
+
+def merge(base, update):
+    out = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if nested else value
+    return out
+
+base = yaml.safe_load(Path("params.yaml").read_text())
+for name in ("download", "inject_imbalance", "extract_frames", "pretrain"):
+    stage(name)
+for label, update in json.loads(sys.argv[1]).items():
+    Path("params.yaml").write_text(yaml.safe_dump(merge(base, update), sort_keys=False))
+    stage("finetune")
+    stage("evaluate")
+    out = Path("results") / label
+    out.mkdir(parents=True)
+    for path in ("models/final.pt", "metrics/finetune.json", "metrics/evaluate.json"):
+        shutil.copy(path, out)
+    shutil.copytree("plots/finetune", out / "plots")
+    assert Path("checkpoints/finetune.ckpt").exists() and Path("dvclive/finetune/plots").is_dir()
+"""
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every mode run through the stage scripts on tiny digits settings; returns the results."""
+    from conftest import REPO, TINY, TRACKED, Repo
+
+    root = tmp_path_factory.mktemp("pipeline") / "repo"
+    for name in TRACKED:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    repo = Repo(root)
+    repo.params({**TINY, "finetune": {"epochs": 2, "batch_size": 128}})
+    repo.run(sys.executable, "-c", DRIVER, json.dumps(MODE_PARAMS))
+    (root / "results" / "pretrain.pt").write_bytes((root / "models/pretrain.pt").read_bytes())
+    return root / "results"
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("label", list(MODE_PARAMS))
+def test_every_mode_runs_end_to_end(pipeline: Path, label: str) -> None:
+    mode = MODE_PARAMS[label]["finetune"]["mode"]
+    result = json.loads((pipeline / label / "evaluate.json").read_text())
+    assert result["finetune_mode"] == mode and 0 <= result["top1"] <= 100
+    assert json.loads((pipeline / label / "finetune.json").read_text())["mode"] == mode
+    pre, final = load_state(pipeline / "pretrain.pt"), load_state(pipeline / label / "final.pt")
+    backbone = [k for k in pre if not k.startswith("fc.")]
+    unchanged = all(torch.equal(pre[k], final[k]) for k in backbone)
+    assert unchanged == (mode != "full")  # frozen modes: every parameter and buffer
+    fc_same = all(torch.equal(pre[k], final[k]) for k in ("fc.weight", "fc.bias"))
+    assert fc_same == (mode == "none" or (mode == "tau_norm" and _tau(pipeline, label) == 0))
+
+
+def _tau(pipeline: Path, label: str) -> float:
+    return json.loads((pipeline / label / "finetune.json").read_text())["tau"]
+
+
+def test_pipeline_balms_writes_the_learned_sampling_rates(pipeline: Path) -> None:
+    rates = pd.read_csv(pipeline / "balms" / "plots" / "meta_sampling.csv")
+    epochs = pd.read_csv(pipeline / "balms" / "plots" / "meta_sampling_epochs.csv")
+    assert len(rates) == 10 and rates["class_prob"].sum() == pytest.approx(1.0, abs=1e-4)
+    assert sorted(epochs["epoch"].unique()) == [0, 1, 2]
+    assert rates["train_count"].is_monotonic_decreasing  # digits-LT classes run head to tail
+    metrics = json.loads((pipeline / "balms" / "finetune.json").read_text())
+    assert (metrics["sampler"], metrics["loss"]) == ("meta", "balanced_softmax")
+
+
+def test_pipeline_tau_norm_reports_the_sweep_and_the_choice(pipeline: Path) -> None:
+    sweep = pd.read_csv(pipeline / "tau_norm" / "plots" / "tau_norm.csv")
+    assert list(sweep["tau"]) == [0.0, 0.5, 1.0]
+    best = sweep["mean_class_accuracy"].max()
+    assert _tau(pipeline, "tau_norm") == sweep[sweep["mean_class_accuracy"] == best]["tau"].min()
+
+
+def test_pipeline_lws_folds_its_scales_into_the_classifier(pipeline: Path) -> None:
+    scales = torch.tensor(pd.read_csv(pipeline / "lws" / "plots" / "lws_scales.csv")["scale"])
+    pre, final = load_state(pipeline / "pretrain.pt"), load_state(pipeline / "lws" / "final.pt")
+    assert torch.allclose(final["fc.bias"].double(), scales * pre["fc.bias"].double(), rtol=1e-4)
