@@ -1,8 +1,9 @@
 """Every dataset family through the real stage scripts, on data built here in the published format.
 
 No machine here can download CIFAR, ImageNet-LT or EGTEA, so each test writes a tiny copy in the
-exact published layout (CIFAR's pickled tarball, classifier-balancing list files over JPEGs, MP4 clips
-in EGTEA's layout) and runs ``download`` through ``evaluate`` on it, at tiny settings on the CPU.
+exact published layout (CIFAR's pickled tarball, classifier-balancing list files over JPEGs, MP4
+clips in EGTEA's layout) and runs ``download`` through ``evaluate`` on it, at tiny settings on the
+CPU.
 """
 
 import json
