@@ -211,6 +211,21 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """``dist``: data-parallel training of ``pretrain`` and ``finetune`` through torchrun.
+
+    ``nproc`` processes on this machine (one per GPU on CUDA, gloo ranks on the CPU); 1 runs the
+    stages as plain processes. ``batch_size`` stays the global batch whatever ``nproc`` is.
+    ``backend``: ``auto`` is NCCL on CUDA and gloo on the CPU. ``sync_bn``: SyncBatchNorm, batch
+    statistics over the global batch instead of each process's share (CUDA only).
+    """
+
+    nproc: int = _check(1, ge=1)
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    sync_bn: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole ``params.yaml``."""
 
@@ -225,6 +240,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 # Sections whose flat YAML keys fold into a nested dataclass field (pretrain.lr -> optim.lr).

@@ -45,7 +45,8 @@ augmented exactly as before (same generator, same draws) and passed through the 
 autograd. Either way the classifier sees the same numbers as a loop running the whole network with
 the backbone frozen in eval mode; only the backbone's backward pass, which computes nothing that
 is used, is gone. (Cached features equal per-batch ones up to the batch-size dependence of the
-convolution kernels, if any.)
+convolution kernels, if any.) With several processes every rank caches the features of the whole
+split once (a sampler may draw any image) and only the classifier is wrapped in DDP.
 """
 
 from __future__ import annotations
@@ -373,6 +374,7 @@ def _meta_source(job: Job, trainer: Any) -> MetaSource:
         trainer.optimizer,
         shift=shift.to(job.device),
         meta_batch_size=size,
+        world=trainer.world,
     )
 
 

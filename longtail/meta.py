@@ -30,12 +30,20 @@ reference takes CIFAR's from the training set); every batch is drawn from the cu
 reference's DataLoader prefetches batch indices a few steps ahead); class-balanced meta batches are
 drawn from the step's generator (each class ``floor`` or ``ceil(M / C)`` times, images uniform
 within a class) instead of an endless round-robin iterator, so resuming needs no iterator state.
+
+Several processes (the README's "Scale out"): each rank draws its share of the step's batch (the
+training loop's per-rank batch) and its share (``M / world_size``, class-balanced) of the meta
+batch from its own generator. The inner step uses the gradient summed over ranks (a differentiable
+all-reduce; each rank's inner loss is its share of the global batch mean), the meta loss is each
+rank's share of the global meta mean, and the class logits' gradients are summed before Adam. So
+the meta gradient is that of one process holding the global batch and meta batch, every rank takes
+the same Adam step, and the logits stay identical on every rank without a broadcast.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +51,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from longtail.data.base import Source
+from longtail.distributed import World
 from longtail.samplers import Sampler, register
 
 __all__ = [
@@ -167,31 +176,48 @@ def meta_loss(
     shift: Tensor,
     buffers: Mapping[str, Tensor | None],
     hyper: Mapping[str, Mapping[str, float]],
+    batch_share: float = 1.0,
+    meta_share: float = 1.0,
+    sum_over_ranks: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """CE on ``meta_batch`` of ``head`` after one SGD step on the ``weights``-weighted ``batch``.
 
     Args:
         head: the classifier, ``head(x) -> (logits, features)``.
         params: its parameters by name; those in ``hyper`` are stepped.
-        batch: ``(x (B, ...), y (B,))`` of the training batch.
+        batch: ``(x (B, ...), y (B,))`` of the training batch (this rank's share).
         weights: (B,) straight-through sample weights (the path to the class logits).
-        meta_batch: ``(x (M, ...), y (M,))`` drawn from ``val``.
+        meta_batch: ``(x (M, ...), y (M,))`` drawn from ``val`` (this rank's share).
         shift: (C,) added to the logits in the inner loss (``log n_c`` for Balanced Softmax).
         buffers, hyper: the optimiser's state and hyperparameters, as for :func:`sgd_step`.
+        batch_share, meta_share: this rank's fraction of the global batch and meta batch (1 in
+            one process): the means are scaled by them, so their sums over ranks are the global
+            means.
+        sum_over_ranks: a differentiable sum over processes of the inner gradient (None: one
+            process).
 
     Returns:
-        The scalar meta loss, differentiable in ``weights``.
+        The scalar meta loss (this rank's share of it), differentiable in ``weights``.
     """
     x, y = batch
     logits, _ = functional_call(head, dict(params), (x,))
     logits = _upcast(logits)
     per_sample = F.cross_entropy(logits + shift.to(logits.dtype), y, reduction="none")  # (B,)
-    inner = (weights * per_sample).mean()
+    inner = (weights * per_sample).mean() * batch_share
     names = list(hyper)
     grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True)
+    if sum_over_ranks is not None:
+        grads = _summed(list(grads), sum_over_ranks)
     stepped = sgd_step(params, dict(zip(names, grads, strict=True)), buffers, hyper)
     meta_logits, _ = functional_call(head, stepped, (meta_batch[0],))
-    return F.cross_entropy(_upcast(meta_logits), meta_batch[1])
+    return F.cross_entropy(_upcast(meta_logits), meta_batch[1]) * meta_share
+
+
+def _summed(tensors: list[Tensor], sum_over_ranks: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """``sum_over_ranks`` of several tensors in one collective (flattened, then split back)."""
+    flat = sum_over_ranks(torch.cat([t.reshape(-1) for t in tensors]))
+    parts = flat.split([t.numel() for t in tensors])
+    return [p.view_as(t) for p, t in zip(parts, tensors, strict=True)]
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -343,7 +369,8 @@ class MetaSource:
         optimizer: the loop's optimiser of ``head`` (its current lr, momentum buffers, weight
             decay define the differentiable step).
         shift: (C,) added to the logits of the inner loss (``log n_c``: Balanced Softmax; 0: CE).
-        meta_batch_size: images per meta batch.
+        meta_batch_size: images per meta batch, over all ranks (each draws ``M / world_size``).
+        world: the processes training together (one by default); ``sampler`` is built for it.
     """
 
     def __init__(
@@ -356,11 +383,23 @@ class MetaSource:
         *,
         shift: Tensor,
         meta_batch_size: int,
+        world: World | None = None,
     ) -> None:
-        if sampler.world_size != 1:
+        world = world or World()
+        if (sampler.rank, sampler.world_size) != (world.rank, world.size):
+            expected = (
+                f"rank {world.rank} of world_size {world.size}"
+                if world.active
+                else "a single process (world_size 1)"
+            )
             raise ValueError(
-                f"sampler meta: expected a single process (world_size 1), got world_size "
-                f"{sampler.world_size}; the meta step is not distributed yet"
+                f"sampler meta: expected {expected} as in the process group, got a sampler for "
+                f"rank {sampler.rank} of world_size {sampler.world_size}"
+            )
+        if meta_batch_size < world.size:
+            raise ValueError(
+                f"finetune.meta_batch_size: expected at least one meta image per process "
+                f"(>= {world.size}), got {meta_batch_size}"
             )
         if len(meta) == 0:
             raise ValueError(
@@ -369,7 +408,9 @@ class MetaSource:
             )
         self.train, self.meta, self.sampler = train, meta, sampler
         self.head, self.optimizer = head, optimizer
-        self.shift, self.meta_batch_size = shift, meta_batch_size
+        self.shift, self.meta_batch_size, self.world = shift, meta_batch_size, world
+        # This rank's share of every meta batch (the shares add up to meta_batch_size).
+        self.meta_share = len(range(world.rank, meta_batch_size, world.size))
         self.labels, self.in_channels = train.labels, train.in_channels
         self.last_meta_loss: Tensor | None = None
         sampler.to(next(head.parameters()).device)
@@ -393,11 +434,16 @@ class MetaSource:
     def update(
         self, batch: tuple[Tensor, Tensor], weights: Tensor, generator: torch.Generator
     ) -> None:
-        """Steps 2-3: the meta loss of the stepped classifier, then Adam on the class logits."""
-        meta_idx = balanced_batch(self.meta.labels, self.meta_batch_size, generator)
+        """Steps 2-3: the meta loss of the stepped classifier, then Adam on the class logits.
+
+        With several processes every rank calls this at the same step (it holds collectives);
+        ``batch`` is this rank's share of the step's batch, all shares of one size.
+        """
+        meta_idx = balanced_batch(self.meta.labels, self.meta_share, generator)
         meta_batch = _one_batch(self.meta, meta_idx, train=False, generator=generator)
         buffers, hyper = self._optimizer_state()
         params = {n: p.detach().requires_grad_(n in hyper) for n, p in self.head.named_parameters()}
+        active = self.world.active
         with torch.enable_grad():
             loss = meta_loss(
                 self.head,
@@ -408,9 +454,12 @@ class MetaSource:
                 shift=self.shift,
                 buffers=buffers,
                 hyper=hyper,
+                batch_share=1.0 / self.world.size,
+                meta_share=self.meta_share / self.meta_batch_size,
+                sum_over_ranks=self.world.all_reduce_autograd if active else None,
             )
             (grad,) = torch.autograd.grad(loss, [self.sampler.logits])
-        self.sampler.apply_gradient(grad)
+        self.sampler.apply_gradient(self.world.all_reduce(grad))  # the same step on every rank
         self.last_meta_loss = loss.detach()
 
     def _optimizer_state(self) -> tuple[dict[str, Tensor | None], dict[str, dict[str, float]]]:

@@ -20,6 +20,16 @@ epochs in random state: the order and the augmentation of epoch ``e`` are pure f
 ``(seed, e)``. A rerun resumes only when the checkpoint's signature (a hash of the stage's params,
 its code and its inputs, computed by the caller) matches, and otherwise says so and starts fresh.
 An unreadable (truncated, foreign) checkpoint is never loaded.
+
+Several processes (:mod:`longtail.distributed`, started by torchrun). The loop is the same on every
+rank: ``optim.batch_size`` is the global batch, each rank takes its share of it from its padded
+slice of the sampler's global order and trains a DistributedDataParallel copy of the model (the
+learning rate is unchanged: the averaged gradient is the global batch's). Each rank augments with
+its own generator (rank 0's is the single process's). Before validation every rank takes rank 0's
+buffers, scores its strided share of ``val`` and the confusion counts are summed, so the metrics
+and CDB-CE's weights are those of the whole split. Only rank 0 prints, logs and writes the
+checkpoint, which holds every rank's random state; on resume rank 0 reads it and broadcasts it.
+Mid-epoch checkpoints are agreed by a vote that costs no device sync (:class:`Vote`).
 """
 
 from __future__ import annotations
@@ -38,9 +48,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from longtail import io
+from longtail import distributed, io
 from longtail.config import ConfigError, OptimConfig, TrainConfig
 from longtail.data.base import Source
+from longtail.distributed import Vote, World
 from longtail.metrics import confusion_matrix, per_class_accuracy, summarize
 
 
@@ -257,12 +268,21 @@ def evaluate_confusion(
     batch_size: int,
     fast: FastPath,
     device: torch.device,
+    world: World | None = None,
 ) -> torch.Tensor:
-    """(C, C) confusion matrix of ``model`` on ``source``."""
-    logits, labels = predict(model, source, batch_size, fast, device)
+    """(C, C) confusion matrix of ``model`` on ``source``.
+
+    With several processes each rank scores its strided share of ``source`` (no padding, so no
+    sample counts twice) and the counts are summed: every rank returns the whole matrix.
+    """
+    world = world or World()
+    order = world.shard(len(source))
+    logits, labels = predict(model, source, batch_size, fast, device, order)
     if len(labels) == 0:
-        return torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    return confusion_matrix(logits.argmax(1), labels, num_classes)
+        conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    else:
+        conf = confusion_matrix(logits.argmax(1), labels, num_classes)
+    return world.all_reduce(conf)
 
 
 # ----------------------------------------------------------------------------------------- trainer
@@ -277,12 +297,15 @@ class Trainer:
         params: the parameters to optimise (all of ``model``'s by default).
         train_mode: puts the model in its training mode (decoupled retraining keeps a frozen
             backbone in eval mode).
-        checkpointer: where checkpoints go; None trains without them.
-        all_reduce: sums a tensor over processes (identity in a single process).
+        checkpointer: where checkpoints go; None trains without them. Every rank holds one; rank
+            0 reads and writes the file.
         log_epoch: receives ``(epoch, metrics)`` after the epoch's checkpoint is on disk (the stage
-            forwards them to DVCLive).
-        log: the terminal (resume notices, one line per ``log_every_epochs``).
+            forwards them to DVCLive); called on rank 0 only.
+        log: the terminal (resume notices, one line per ``log_every_epochs``); rank 0 only.
         history: the per-epoch metrics so far (restored by :meth:`resume`).
+        world: the processes that train together (one by default); ``sampler`` must be built for
+            the same rank and world size.
+        sync_bn: with several processes, SyncBatchNorm instead of per-rank BatchNorm statistics.
     """
 
     model: nn.Module
@@ -303,12 +326,14 @@ class Trainer:
     params: list[nn.Parameter] | None = None
     train_mode: Callable[[nn.Module], None] | None = None
     checkpointer: Checkpointer | None = None
-    all_reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
     log_epoch: Callable[[int, dict[str, float]], None] = field(default=lambda e, m: None)
     log: Callable[[str], None] = print
     history: list[dict[str, float]] = field(default_factory=list)
+    world: World = field(default_factory=World)
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
+        assert (self.sampler.rank, self.sampler.world_size) == (self.world.rank, self.world.size)
         self.fast = FastPath.resolve(self.train_cfg, self.device)
         self.model.to(self.device)
         self.loss.to(self.device)
@@ -316,50 +341,85 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         params = self.params if self.params is not None else list(self.model.parameters())
         self.optimizer = build_optimizer(params, self.optim, self.device)
-        self.steps_per_epoch = max(1, math.ceil(len(self.sampler) / self.optim.batch_size))
+        self.batch_size = distributed.per_rank_batch(
+            self.optim.batch_size, self.world, f"{self.stage}.batch_size"
+        )
+        # Every rank takes ceil(N / world) samples (padded), hence the same number of steps; it is
+        # ceil(N / global batch), the single process's count.
+        self.rank_length = -(-len(self.sampler.labels) // self.world.size)
+        self.steps_per_epoch = max(1, math.ceil(self.rank_length / self.batch_size))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, self.optim)
         )
-        self.forward = torch.compile(self.model, dynamic=False) if self.fast.compile else self.model
+        # ``forward`` evaluates (the plain model: no collective, whatever the rank's share of val);
+        # ``train_forward`` trains (DDP around the model with several processes).
+        self.forward = self._compiled(self.model)
+        ddp = distributed.wrap(self.model, self.world, self.device, self.sync_bn)
+        self.train_forward = self.forward if ddp is self.model else self._compiled(ddp)
+        self._vote = Vote(self.world)
         self.start_epoch, self.start_step = 0, 0
         self.logger_step = 0
         self._acc: dict[str, torch.Tensor] = {}
         self._aug_state: torch.Tensor | None = None
         self._last_lr: float | None = None  # the LR of the last optimiser step, for error messages
 
+    def _compiled(self, model: nn.Module) -> nn.Module:
+        return torch.compile(model, dynamic=False) if self.fast.compile else model
+
+    def _say(self, line: str) -> None:
+        """Print on rank 0 only."""
+        if self.world.is_main:
+            self.log(line)
+
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self, epoch: int, step_in_epoch: int, gen: torch.Generator | None) -> dict:
-        """Everything needed to continue: ``epoch`` epochs done plus ``step_in_epoch`` steps."""
-        return {
+        """Everything needed to continue: ``epoch`` epochs done plus ``step_in_epoch`` steps.
+
+        The random state and loss sums of rank 0 sit at the top level; with several processes
+        ``ranks`` lists every rank's (a collective: every rank calls this, rank 0 gets the list).
+        """
+        own = self._rank_state(gen)
+        state = {
             "stage": self.stage,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loss": self.loss.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "rng": rng_state(),
-            "aug_generator": gen.get_state() if gen is not None else None,
+            **own,
             "epoch": epoch,
             "epochs": self.optim.epochs,
             "step_in_epoch": step_in_epoch,
             "global_step": epoch * self.steps_per_epoch + step_in_epoch,
-            "accumulators": {k: v.detach().cpu() for k, v in self._acc.items()},
             "last_lr": self._last_lr,
             "logger_step": self.logger_step,
             "history": [dict(h) for h in self.history],
         }
+        if self.world.active:
+            state["ranks"] = self.world.gather_objects(own)
+        return state
+
+    def _rank_state(self, gen: torch.Generator | None) -> dict[str, Any]:
+        """What differs between ranks: RNG states, the augmentation generator, the loss sums."""
+        return {
+            "rng": rng_state(),
+            "aug_generator": gen.get_state() if gen is not None else None,
+            "accumulators": {k: v.detach().cpu() for k, v in self._acc.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (each rank takes its own entry of ``ranks``)."""
+        own = state["ranks"][self.world.rank] if self.world.active else state
+        assert not self.world.active or len(state["ranks"]) == self.world.size
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.loss.load_state_dict(state["loss"])
         self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        set_rng_state(own["rng"])
         self.start_epoch, self.start_step = state["epoch"], state["step_in_epoch"]
-        self._acc = {k: v.to(self.device) for k, v in state["accumulators"].items()}
-        self._aug_state = state["aug_generator"]
+        self._acc = {k: v.to(self.device) for k, v in own["accumulators"].items()}
+        self._aug_state = own["aug_generator"]
         self._last_lr = state.get("last_lr")
         self.logger_step = state["logger_step"]
         self.history = [dict(h) for h in state["history"]]
@@ -373,12 +433,19 @@ class Trainer:
         """
         if self.checkpointer is None:
             return False
-        state = self.checkpointer.load()
+        state = self.checkpointer.load() if self.world.is_main else None
+        state = self.world.broadcast_object(state)  # the other nodes need no copy of the file
         if state is None:
             return False
         self.load_state_dict(state)
-        self.log(self._resume_message())
+        self._say(self._resume_message())
         return True
+
+    def _save(self, epoch: int, step_in_epoch: int, gen: torch.Generator | None) -> None:
+        """Write the checkpoint (rank 0; every rank takes part in gathering the state)."""
+        state = self.state_dict(epoch, step_in_epoch, gen)
+        if self.world.is_main:
+            self.checkpointer.save(state)
 
     def _resume_message(self) -> str:
         done, total = self.start_epoch, self.optim.epochs
@@ -393,9 +460,13 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------
     def _generator(self, epoch: int) -> torch.Generator:
-        """The augmentation generator of ``epoch``: a pure function of ``(seed, epoch)``."""
+        """The augmentation generator of ``epoch``: a pure function of ``(seed, epoch, rank)``.
+
+        Rank 0's is the single process's; the other ranks' are offset so that no two ranks
+        augment alike.
+        """
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.seed * 1_000_003 + epoch * 7919 + 17)
+        gen.manual_seed(self.seed * 1_000_003 + epoch * 7919 + 17 + self.world.rank * 104_729)
         return gen
 
     def _set_train_mode(self) -> None:
@@ -427,19 +498,20 @@ class Trainer:
         gen = self._generator(epoch)
         step = self._begin_epoch(epoch, gen)
         self._set_train_mode()
-        order = self.sampler.indices()[step * self.optim.batch_size :]
+        order = self._rank_order()[step * self.batch_size :]
         last_save = time.monotonic()
-        for x, y in self.train_source.batches(
-            order, self.optim.batch_size, train=True, generator=gen
-        ):
+        for x, y in self.train_source.batches(order, self.batch_size, train=True, generator=gen):
             self._step(x, y)
             step += 1
-            if self._checkpoint_due(last_save):
+            if self._vote(self._checkpoint_due(last_save)):  # the same answer on every rank
                 # A checkpoint must be good: check first (a host sync, once per checkpoint).
-                # Distributed training must agree on "due" across ranks before this point.
-                self._check_finite(epoch, step, reduce=False)
-                self.checkpointer.save(self.state_dict(epoch, step, gen))
+                self._check_finite(epoch, step, reduce=True)
+                self.world.sync_buffers(self.model)
+                self._save(epoch, step, gen)
                 last_save = time.monotonic()
+                self._vote.reset()
+        self._vote.reset()
+        self.world.sync_buffers(self.model)
         loss_sum, correct, count = self._check_finite(epoch, step, reduce=True)
         return {
             "train/loss": loss_sum / max(count, 1.0),
@@ -447,13 +519,20 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
+    def _rank_order(self) -> torch.Tensor:
+        """This rank's slice of the epoch's global order, padded to ``rank_length``."""
+        indices = self.sampler.indices()
+        if not self.world.active:
+            return indices
+        return distributed.equal_slices(indices, len(self.sampler.labels), self.world)
+
     def _checkpoint_due(self, last_save: float) -> bool:
         minutes = self.train_cfg.checkpoint_minutes
         return self.checkpointer is not None and time.monotonic() - last_save > 60 * minutes
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with self.fast.autocast(self.device):
-            logits, features = self.forward(self.fast.prepare_input(x))
+            logits, features = self.train_forward(self.fast.prepare_input(x))
             loss = self.loss(logits, y, features)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -485,7 +564,7 @@ class Trainer:
         bad_weights = (~self._weights_finite()).to(torch.float64)
         packed = torch.cat([sums.to(torch.float64), bad_weights[None]])  # (4,)
         if reduce:
-            packed = self.all_reduce(packed)
+            packed = self.world.all_reduce(packed)
         loss_sum, correct, count, bad = packed.tolist()  # host sync
         if not math.isfinite(loss_sum) or bad > 0:
             raise TrainingDiverged(self._diverged_message(epoch, step, loss_sum, count))
@@ -517,8 +596,8 @@ class Trainer:
             self.train_cfg.eval_batch_size,
             self.fast,
             self.device,
-        )
-        conf = self.all_reduce(conf)
+            self.world,
+        )  # (C, C) counts summed over the ranks' shares: the whole split's
         correct, total = conf.diag(), conf.sum(1)
         self.loss.update(per_class_accuracy(correct, total).float().nan_to_num(1.0))
         summary = summarize(conf, self.train_counts, self.many_shot, self.few_shot)
@@ -539,10 +618,11 @@ class Trainer:
             self.history.append(metrics)
             self.logger_step += 1
             if self.checkpointer is not None:
-                self.checkpointer.save(self.state_dict(epoch + 1, 0, None))
-            self.log_epoch(epoch, metrics)
+                self._save(epoch + 1, 0, None)
+            if self.world.is_main:
+                self.log_epoch(epoch, metrics)
             if (epoch + 1) % self.train_cfg.log_every_epochs == 0 or epoch + 1 == self.optim.epochs:
-                self.log(_format_epoch(self.stage, epoch, self.optim.epochs, metrics))
+                self._say(_format_epoch(self.stage, epoch, self.optim.epochs, metrics))
         return self.history
 
 

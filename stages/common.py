@@ -1,8 +1,9 @@
 """Paths and wiring shared by the stage scripts (the only place that names the output layout).
 
 Every stage validates the whole ``params.yaml`` first (:func:`config`), so a bad value stops the
-first
-stage that runs, before any work.
+first stage that runs, before any work. The training stages join the process group of their
+torchrun launch through :func:`start` (one plain process without torchrun) and leave it through
+:func:`finish`; only rank 0 writes outputs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from longtail import data
-from longtail.config import Config, load, to_dict
+from longtail import data, distributed
+from longtail.config import Config, ConfigError, load, to_dict
 from longtail.data.base import Family, SourceContext
+from longtail.distributed import World
 
 PARAMS = Path("params.yaml")
 RAW = Path("data/raw")
@@ -30,6 +32,32 @@ CODE = [Path("longtail")]
 def config() -> Config:
     """The validated params.yaml."""
     return load(PARAMS)
+
+
+def start(cfg: Config) -> tuple[torch.device, World]:
+    """Resolve the device, join the process group (under torchrun), set determinism.
+
+    Returns:
+        ``(device of this rank, world)``; ``cuda:<local_rank>`` on CUDA.
+    """
+    from longtail.train import resolve_device, set_determinism
+
+    device = resolve_device(cfg.device)
+    world = distributed.init(device, cfg.dist.backend)
+    device = distributed.rank_device(device, world)
+    if cfg.dist.sync_bn and world.active and device.type != "cuda":
+        raise ConfigError(
+            f"dist.sync_bn: SyncBatchNorm expects CUDA devices (PyTorch has no CPU version); got "
+            f"{world.size} processes on {device.type} (set dist.sync_bn: false)"
+        )
+    set_determinism(cfg.determinism, device)
+    return device, world
+
+
+def finish(world: World) -> None:
+    """Wait for every rank, then leave the process group."""
+    world.barrier()
+    distributed.shutdown()
 
 
 def raw_dir(cfg: Config) -> Path:
@@ -84,14 +112,16 @@ def train_stage(
     train_mode=None,
     sampler_options: dict | None = None,
     setup=None,
+    world: World | None = None,
 ) -> dict:
     """Train ``model`` with one loss and sampler under the shared loop; returns final metrics.
 
     Writes the checkpoint ``checkpoints/<stage>.ckpt`` (resumed when its signature matches), the
-    DVCLive curves ``dvclive/<stage>/`` and ``metrics/<stage>.json``. ``sampler_options`` go to
-    the sampler's constructor; ``setup(trainer)``, if given, runs once the trainer is built and
-    before it resumes (decoupled retraining swaps in frozen-feature sources and the BALMS meta
-    step there).
+    DVCLive curves ``dvclive/<stage>/`` and ``metrics/<stage>.json`` (rank 0 only, once every rank
+    is done). ``sampler_options`` go to the sampler's constructor; ``setup(trainer)``, if given,
+    runs once the trainer is built and before it resumes (decoupled retraining swaps in
+    frozen-feature sources and the BALMS meta step there). ``world``: the processes of a torchrun
+    launch (one by default).
     """
     from longtail import io, losses, samplers
     from longtail.data.base import class_counts
@@ -107,15 +137,24 @@ def train_stage(
         raise ValueError(
             f"{stage}: loss {loss_cfg.name} needs a val split (set data.val_per_class > 0)"
         )
+    world = world or World()
     sampler = samplers.create(
         sampler_name,
         train_src.labels,
         seed=cfg.seed,
+        rank=world.rank,
+        world_size=world.size,
         num_classes=len(counts),
         **(sampler_options or {}),
     )
-    # The resolved device type joins the params: a CPU checkpoint does not resume on CUDA.
-    params_used = {**sections(cfg, *param_sections), "resolved_device": device.type}
+    # The resolved device type joins the params (a CPU checkpoint does not resume on CUDA), and so
+    # do the process count and SyncBatchNorm, which change the computation (a checkpoint resumes
+    # with the number of processes that wrote it).
+    params_used = {
+        **sections(cfg, *param_sections),
+        "resolved_device": device.type,
+        "world": {"size": world.size, "sync_bn": cfg.dist.sync_bn and world.active},
+    }
     sig = signature(params_used, [*code_paths(stage), *inputs])
     trainer = Trainer(
         model=model,
@@ -136,18 +175,22 @@ def train_stage(
         params=params,
         train_mode=train_mode,
         checkpointer=Checkpointer(CHECKPOINTS / f"{stage}.ckpt", sig, meta=params_used),
+        world=world,
+        sync_bn=cfg.dist.sync_bn,
     )
     if setup is not None:
         setup(trainer)
-    logger = EpochLogger(LIVE / stage)
+    logger = EpochLogger(LIVE / stage, enabled=world.is_main)
     trainer.log_epoch = logger
     if trainer.resume():
         logger.replay(trainer.history)
-    print(
-        f"[{stage}] {arch(cfg)} on {cfg.data.name}: {len(train_src)} train / {len(val_src)} "
-        f"val samples, loss {loss_cfg.name}, sampler {sampler_name}, {optim.epochs} epochs, "
-        f"batch {optim.batch_size}, lr {optim.lr:g}, device {device}, fast path {trainer.fast}"
-    )
+    if world.is_main:
+        print(
+            f"[{stage}] {arch(cfg)} on {cfg.data.name}: {len(train_src)} train / {len(val_src)} "
+            f"val samples, loss {loss_cfg.name}, sampler {sampler_name}, {optim.epochs} epochs, "
+            f"batch {optim.batch_size}, lr {optim.lr:g}, device {device}, fast path {trainer.fast}"
+        )
+        print(scale_line(stage, world, trainer.batch_size, optim.lr, cfg.dist.sync_bn))
     history = trainer.fit()
     logger.close()
     final = dict(history[-1]) if history else {}
@@ -159,5 +202,20 @@ def train_stage(
         "seconds": round(sum(h["seconds"] for h in history), 3),
         **final,
     }
-    io.write_json(METRICS / f"{stage}.json", summary)
+    world.barrier()  # every rank is done before rank 0 writes
+    if world.is_main:
+        io.write_json(METRICS / f"{stage}.json", summary)
     return summary
+
+
+def scale_line(stage: str, world: World, per_rank: int, lr: float, sync_bn: bool) -> str:
+    """The log line of the scale-out conventions: world size, batches and the effective LR."""
+    how = f" ({world.backend()})" if world.active else ""
+    bn = ""
+    if world.active:
+        bn = "; SyncBatchNorm" if sync_bn else "; BatchNorm statistics per rank"
+    return (
+        f"[{stage}] world size {world.size}{how}: per-rank batch {per_rank}, global batch "
+        f"{per_rank * world.size}, effective lr {lr:g} (batch_size is the global batch, so the "
+        f"learning rate does not change with the world size){bn}"
+    )

@@ -4,7 +4,8 @@
 see that module). Writes ``models/final.pt``, ``metrics/finetune.json``, ``dvclive/finetune`` (the
 per-epoch curves of the modes that train), ``checkpoints/finetune.ckpt`` and ``plots/finetune/``
 (the meta sampler's per-class sampling rates, the τ sweep, the LWS scales, when the mode makes
-them). Run: ``python -m stages.finetune``.
+them). Run: ``python -m stages.finetune``, or ``python -m stages.launch N finetune`` for N
+processes through torchrun (what dvc.yaml runs, with ``N = dist.nproc``); only rank 0 writes.
 """
 
 import shutil
@@ -13,7 +14,7 @@ from longtail import decouple, io
 from longtail.config import to_dict
 from longtail.data.base import read_json
 from longtail.pipeline import load_model, run_stage, save_model, write_plot_csv
-from longtail.train import FastPath, resolve_device, set_determinism
+from longtail.train import FastPath
 from stages import common
 
 PLOTS = common.PLOTS / "finetune"
@@ -22,8 +23,7 @@ PARAM_SECTIONS = ("seed", "determinism", "loss", "finetune", "train", "evaluate"
 
 def main() -> None:
     cfg = common.config()
-    device = resolve_device(cfg.device)
-    set_determinism(cfg.determinism, device)
+    device, world = common.start(cfg)
     source = common.MODELS / "pretrain.pt"
     model, blob = load_model(source)
     classes = read_json(common.PREPARED / "class_counts.json")
@@ -43,6 +43,7 @@ def main() -> None:
             params=params,
             sampler_options=sampler_options,
             setup=setup,
+            world=world,
         )
 
     job = decouple.Job(
@@ -61,17 +62,19 @@ def main() -> None:
         class_names=classes["names"],
     )
     outcome = decouple.run(cfg.finetune.mode, job)
-    write_outputs(outcome, cfg.finetune.mode)
-    save_model(
-        common.MODELS / "final.pt",
-        model,
-        blob["arch"],
-        blob["num_classes"],
-        blob["in_channels"],
-        to_dict(cfg),
-        extra={"mode": cfg.finetune.mode},
-    )
-    print(f"[finetune] mode {cfg.finetune.mode}: {summary_line(outcome.metrics)}")
+    if world.is_main:
+        write_outputs(outcome, cfg.finetune.mode)
+        save_model(
+            common.MODELS / "final.pt",
+            model,
+            blob["arch"],
+            blob["num_classes"],
+            blob["in_channels"],
+            to_dict(cfg),
+            extra={"mode": cfg.finetune.mode},
+        )
+        print(f"[finetune] mode {cfg.finetune.mode}: {summary_line(outcome.metrics)}")
+    common.finish(world)
 
 
 def write_outputs(outcome: decouple.Outcome, mode: str) -> None:

@@ -3,7 +3,8 @@
 It does not read the ``loss`` section, so ``dvc exp run -S loss.tau=1.5`` reuses the cached
 backbone.
 Writes ``models/pretrain.pt``, ``metrics/pretrain.json`` and the per-epoch curves
-``dvclive/pretrain``. Run: ``python -m stages.pretrain``.
+``dvclive/pretrain``. Run: ``python -m stages.pretrain``, or ``python -m stages.launch N pretrain``
+for N processes through torchrun (what dvc.yaml runs, with ``N = dist.nproc``).
 """
 
 import torch
@@ -12,14 +13,12 @@ from longtail import nets
 from longtail.config import to_dict
 from longtail.data.base import class_counts, read_json
 from longtail.pipeline import run_stage, save_model
-from longtail.train import resolve_device, set_determinism
 from stages import common
 
 
 def main() -> None:
     cfg = common.config()
-    device = resolve_device(cfg.device)
-    set_determinism(cfg.determinism, device)
+    device, world = common.start(cfg)
     info = read_json(common.PREPARED / "dataset.json")
     num_classes = len(class_counts(common.PREPARED))
     arch = common.arch(cfg)
@@ -46,10 +45,12 @@ def main() -> None:
             "train",
             "evaluate",
         ),
+        world=world,
     )
-    save_model(
-        common.MODELS / "pretrain.pt", model, arch, num_classes, info["in_channels"], to_dict(cfg)
-    )
+    if world.is_main:
+        path = common.MODELS / "pretrain.pt"
+        save_model(path, model, arch, num_classes, info["in_channels"], to_dict(cfg))
+    common.finish(world)
 
 
 if __name__ == "__main__":
