@@ -14,8 +14,8 @@ never depend on which one is used:
   ``torch.Generator`` seeded by a hash of ``(seed, e)`` alone, so every rank computes the same
   global order and takes ``global[rank::world_size]``; the union of one step's per-rank batches is
   a contiguous chunk of the global order. When ``world_size`` does not divide ``L`` the ranks'
-  lengths differ by one, so a distributed loop takes its number of steps from the shortest rank
-  (``L // world_size`` indices) on every rank.
+  lengths differ by one; the training loop pads the shorter slices
+  (``longtail.distributed.equal_slices``) so every rank takes ``ceil(L / world_size)`` indices.
 * **Exact resume.** No random state is carried between epochs: ``state_dict`` holds the epoch, and
   a sampler restored at epoch ``k`` yields the same orders as an uninterrupted run, on any
   ``world_size``.

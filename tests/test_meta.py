@@ -292,7 +292,7 @@ def test_evaluation_batches_pass_through() -> None:
     assert not val.requests and torch.equal(sampler.logits.detach(), before)
 
 
-def test_meta_source_refuses_several_processes_and_an_empty_val() -> None:
+def test_meta_source_refuses_a_sampler_of_another_world_and_an_empty_val() -> None:
     with pytest.raises(ValueError, match="expected a single process"):
         meta_setup(world_size=2)
     with pytest.raises(ValueError, match="expected a non-empty val split"):
