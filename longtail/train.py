@@ -589,8 +589,10 @@ class Trainer:
         """Score ``val``, feed per-class accuracy to the loss, return the val metrics."""
         if self.val_source is None or len(self.val_source) == 0:
             return {}
+        # The eager model: a few large eval batches gain little from compiling, and the compiled
+        # module would compile new graphs (eval mode, no grad, each eval shape) at first use.
         conf = evaluate_confusion(
-            self.forward,
+            self.model,
             self.val_source,
             self.num_classes,
             self.train_cfg.eval_batch_size,
