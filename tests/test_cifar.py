@@ -343,6 +343,25 @@ def serving(directory: Path) -> Iterator[str]:
         server.server_close()
 
 
+@pytest.fixture(autouse=True)
+def _download_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep verified downloads in the test's own directory, never in the user's cache."""
+    cache = tmp_path / "download-cache"
+    monkeypatch.setenv("LONGTAIL_CACHE", str(cache))
+    return cache
+
+
+def test_verified_download_is_reused_without_the_network(c100: tuple, tmp_path: Path) -> None:
+    archive, md5, _ = c100
+    with serving(archive.parent) as base_url:
+        url = f"{base_url}/{archive.name}"
+        cifar.download(DataConfig(name="cifar100", archive=url, md5=md5), tmp_path / "a" / "c")
+    assert io.md5sum(tmp_path / "download-cache" / archive.name) == md5
+    # The server is gone: a rerun of the stage (say after data.imbalance changed) uses the cache.
+    cifar.download(DataConfig(name="cifar100", archive=url, md5=md5), tmp_path / "b" / "c")
+    assert json.loads((tmp_path / "b" / "c" / "source.json").read_text())["md5"] == md5
+
+
 def test_download_from_url(c100: tuple, tmp_path: Path) -> None:
     """An http URL is fetched to a temporary name, checked, unpacked and the download deleted."""
     archive, md5, _ = c100

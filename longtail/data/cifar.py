@@ -31,6 +31,7 @@ Training augmentation: RandomCrop(32, padding=4) + horizontal flip, done on the 
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import shutil
 import tarfile
@@ -106,8 +107,11 @@ def download(cfg: DataConfig, raw_dir: Path) -> None:
     source = cfg.archive or layout.url
     expected = layout.md5 if cfg.md5 == "auto" else cfg.md5
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _local_copy(source, raw_dir.parent) as archive:
+    cached = _cached_archive(source, expected)
+    with _local_copy(str(cached or source), raw_dir.parent) as archive:
         verified = io.verify_md5(archive, expected)
+        if verified and cached is None and source.startswith(("http://", "https://")):
+            _keep_in_cache(archive, source)
         if not verified:
             print(f"md5 check skipped for {archive} (data.md5 is null)")
         md5 = expected.lower() if verified else io.md5sum(archive)
@@ -119,6 +123,33 @@ def download(cfg: DataConfig, raw_dir: Path) -> None:
                 {"archive": str(source), "md5": md5, "verified": verified, "folder": layout.folder},
             )
     print(f"{cfg.name}: {layout.folder}/ unpacked into {raw_dir}")
+
+
+def _cache_dir() -> Path:
+    """Where verified downloads are kept (``LONGTAIL_CACHE``, default ``~/.cache/longtail``).
+
+    The download stage reruns when a ``data`` param it lists changes (``data.imbalance`` does, for
+    the rendered video default); the cache keeps such a rerun from fetching the archive again.
+    """
+    return Path(os.environ.get("LONGTAIL_CACHE", Path.home() / ".cache" / "longtail"))
+
+
+def _cached_archive(source: str, expected: str | None) -> Path | None:
+    """A cached copy of the URL ``source`` whose md5 is ``expected``, if one exists."""
+    if expected is None or not source.startswith(("http://", "https://")):
+        return None
+    path = _cache_dir() / source.rstrip("/").rsplit("/", 1)[-1]
+    if path.is_file() and io.md5sum(path) == expected.lower():
+        print(f"using the verified download cached at {path}")
+        return path
+    return None
+
+
+def _keep_in_cache(archive: Path, source: str) -> None:
+    """Copy a verified download into the cache (atomically; a failure only costs a re-download)."""
+    target = _cache_dir() / source.rstrip("/").rsplit("/", 1)[-1]
+    with contextlib.suppress(OSError), io.atomic_path(target) as tmp:
+        shutil.copyfile(archive, tmp)
 
 
 @contextlib.contextmanager
