@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,22 +95,48 @@ def _one_thread() -> None:
     torch.set_num_threads(before)
 
 
+def copy_repo(src: Path, dst: Path, names: list[str]) -> Repo:
+    """Copy the ``names`` (files or folders) that exist under ``src`` into ``dst``."""
+    for name in names:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (src / name).exists():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
+    return Repo(dst)
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Repo:
     """A copy of the tracked project files with tiny training params."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in TRACKED:
-        src = REPO / name
-        dst = root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    r = Repo(root)
+    r = copy_repo(REPO, tmp_path / "repo", TRACKED)
     r.params(TINY)
     return r
+
+
+class Crash(Exception):
+    """Stands for a kill: raised from inside the training loop at a chosen point."""
+
+
+class CrashingSource:
+    """A source that raises :class:`Crash` before its ``after``-th training batch is used."""
+
+    def __init__(self, inner: Any, after: int) -> None:
+        self.inner, self.left = inner, after
+        self.labels, self.in_channels = inner.labels, inner.in_channels
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.inner.batches(order, batch_size, train=train, generator=generator):
+            if train:
+                if self.left == 0:
+                    raise Crash
+                self.left -= 1
+            yield batch
 
 
 def git_init(repo: Repo) -> None:

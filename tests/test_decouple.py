@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import sys
 import typing
 from pathlib import Path
@@ -466,17 +465,10 @@ for label, update in json.loads(sys.argv[1]).items():
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every mode run through the stage scripts on tiny digits settings; returns the results."""
-    from conftest import REPO, TINY, TRACKED, Repo
+    from conftest import REPO, TINY, TRACKED, copy_repo
 
     root = tmp_path_factory.mktemp("pipeline") / "repo"
-    for name in TRACKED:
-        src, dst = REPO / name, root / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    repo = Repo(root)
+    repo = copy_repo(REPO, root, TRACKED)
     repo.params({**TINY, "finetune": {"epochs": 2, "batch_size": 128}})
     repo.run(sys.executable, "-c", DRIVER, json.dumps(MODE_PARAMS))
     (root / "results" / "pretrain.pt").write_bytes((root / "models/pretrain.pt").read_bytes())

@@ -17,13 +17,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, TINY, TRACKED, Repo, git_init, merge
+from conftest import REPO, TINY, TRACKED, Crash, CrashingSource, Repo, copy_repo, git_init, merge
 from torch import nn
 
 from longtail import config, data, distributed, losses, samplers, train
@@ -172,31 +172,6 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(two_ranks: list) -
     for mine, theirs in zip(first["history"], one["history"], strict=True):
         assert mine["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-4)
         assert mine["val/top1"] == theirs["val/top1"]
-
-
-class Crash(Exception):
-    """Stands for a kill: raised from inside the loop at a chosen point."""
-
-
-class CrashingSource:
-    """A source that raises :class:`Crash` before its ``after``-th training batch is used."""
-
-    def __init__(self, inner: TensorSource, after: int) -> None:
-        self.inner, self.left = inner, after
-        self.labels, self.in_channels = inner.labels, inner.in_channels
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def batches(
-        self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.inner.batches(order, batch_size, train=train, generator=generator):
-            if train:
-                if self.left == 0:
-                    raise Crash
-                self.left -= 1
-            yield batch
 
 
 def resume_inside_epoch(world: World, folder: str) -> dict[str, Any]:
@@ -510,23 +485,11 @@ SMALL = merge(
 )
 
 
-def copy_tree(src: Path, dst: Path, names: list[str]) -> Repo:
-    import shutil
-
-    for name in names:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif (src / name).exists():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
-    return Repo(dst)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     """Prepared digits-LT and an uninterrupted two-process pretrain."""
     root = tmp_path_factory.mktemp("reference")
-    repo = copy_tree(REPO, root, TRACKED)
+    repo = copy_repo(REPO, root, TRACKED)
     repo.params(SMALL)
     cfg = config.load(root / "params.yaml")
     family = data.get(cfg.data.name)
@@ -540,7 +503,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 @pytest.fixture
 def clone(reference: Repo, tmp_path: Path) -> Repo:
-    return copy_tree(reference.root, tmp_path / "repo", [*TRACKED, "data", "models", "checkpoints"])
+    return copy_repo(reference.root, tmp_path / "repo", [*TRACKED, "data", "models", "checkpoints"])
 
 
 def kill_after_epoch(repo: Repo, stage: str, epoch: int) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, TRACKED, Repo, merge
+from conftest import REPO, TINY, TRACKED, Repo, copy_repo, merge
 
 from longtail import config, data, pipeline
 from longtail.train import TrainingDiverged
@@ -54,14 +54,6 @@ OUTPUTS = {
 
 
 # ------------------------------------------------------------------------------------ helpers
-def copy_repo(src: Path, dst: Path, files: list[str]) -> Repo:
-    for name in files:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif (src / name).exists():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
-    return Repo(dst)
 
 
 def prepare_data(root: Path) -> None:

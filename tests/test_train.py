@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Crash, CrashingSource
 from torch import nn
 
 from longtail import losses, samplers, train
@@ -54,31 +55,6 @@ def source(n_per_class: list[int], seed: int) -> TensorSource:
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate(n_per_class)])
     images = torch.randint(0, 256, (len(labels), 1, 6, 6), generator=gen, dtype=torch.uint8)
     return TensorSource(images, labels, mean=(0.5,), std=(0.25,), padding=1, flip=True, device=CPU)
-
-
-class Crash(Exception):
-    """Stands for a kill: raised from inside the loop at a chosen point."""
-
-
-class CrashingSource:
-    """A source that raises :class:`Crash` before its ``after``-th training batch is used."""
-
-    def __init__(self, inner: TensorSource, after: int) -> None:
-        self.inner, self.left = inner, after
-        self.labels, self.in_channels = inner.labels, inner.in_channels
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def batches(
-        self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.inner.batches(order, batch_size, train=train, generator=generator):
-            if train:
-                if self.left == 0:
-                    raise Crash
-                self.left -= 1
-            yield batch
 
 
 def crash_after(last: int) -> Callable[[int, dict], None]:
