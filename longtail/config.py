@@ -72,9 +72,16 @@ class ListsConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``data``: which dataset, where it comes from, and how the imbalance is injected."""
+    """``data``: which dataset, where it comes from, and how the imbalance is injected.
+
+    ``seed`` drives every data draw (subsets, held-out splits, generated splits, clip rendering);
+    the top-level ``seed`` drives training only. ``subset`` picks CIFAR-LT's selection rule by name
+    (``longtail.data.imbalance.SUBSETS``).
+    """
 
     name: str = "digits"
+    seed: int = _check(0, ge=0)
+    subset: Literal["ldam", "cdb", "random"] = "ldam"
     root: str | None = None
     archive: str | None = None
     md5: str | None = "auto"

@@ -1,7 +1,9 @@
 """Stage ``inject_imbalance``: balanced test/val hold-outs, then the long-tailed train split.
 
 Writes ``data/prepared/{train,val,test}.csv``, ``class_counts.json`` and ``dataset.json`` (plus one
-uint8 array per split for datasets that fit in memory). Run: ``python -m stages.inject_imbalance``.
+uint8 array per split for datasets that fit in memory). Every draw uses ``data.seed``, never the
+training ``seed``, so ``dvc exp run -S seed=1`` does not rerun this stage. Run:
+``python -m stages.inject_imbalance``.
 """
 
 from longtail.data.base import class_counts
@@ -14,7 +16,7 @@ def main() -> None:
     cfg = common.config()
     family = common.family(cfg)
     with atomic_dir(common.PREPARED) as tmp:
-        family.prepare(cfg.data, cfg.seed, common.raw_dir(cfg), tmp)
+        family.prepare(cfg.data, cfg.data.seed, common.raw_dir(cfg), tmp)
     counts = {s: class_counts(common.PREPARED, s) for s in ("train", "val", "test")}
     train = counts["train"]
     print(

@@ -4,7 +4,8 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import Repo, git_init
+import yaml
+from conftest import REPO, Repo, git_init
 
 STAGES = ["download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate"]
 
@@ -63,3 +64,29 @@ def test_bad_params_stop_the_first_stage_without_traceback(repo: Repo) -> None:
     assert "loss.name: expected one of ce, focal" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (repo.root / "data").exists()
+
+
+def test_training_seed_does_not_redraw_the_data(repo: Repo) -> None:
+    """``seed`` is training only: ``dvc exp run -S seed=1`` reuses the data stages' outputs."""
+    git_init(repo)
+    repo.dvc("repro")
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-qm", "baseline")
+    before = pd.read_csv(repo.root / "data/prepared/train.csv")
+    exp = repo.dvc("exp", "run", "-S", "seed=1")
+    for stage in ("download", "inject_imbalance", "extract_frames"):
+        assert f"Stage '{stage}' didn't change, skipping" in exp.stdout, exp.stdout
+    for stage in ("pretrain", "finetune", "evaluate"):
+        assert f"Running stage '{stage}'" in exp.stdout
+    pd.testing.assert_frame_equal(pd.read_csv(repo.root / "data/prepared/train.csv"), before)
+    info = json.loads((repo.root / "data/prepared/dataset.json").read_text())
+    assert info["data_seed"] == 0
+
+
+def test_data_stages_list_data_seed_not_seed() -> None:
+    """The data stages depend on ``data.seed`` (through ``data``), never on the top-level seed."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("download", "inject_imbalance", "extract_frames"):
+        assert "seed" not in stages[name]["params"], name
+    assert "data.seed" in stages["download"]["params"]
+    assert "data" in stages["inject_imbalance"]["params"]

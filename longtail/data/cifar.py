@@ -14,13 +14,18 @@ CDB-CE (Sinha et al., ACCV 2020) and FBL (Li et al., ICME 2022): class ``c`` kee
 With n_max 500 / 5000 this gives the reference totals: CIFAR-100-LT IF 10/50/100/200 → 19,573 /
 12,608 / 10,847 / 9,502 images, CIFAR-10-LT → 20,431 / 13,996 / 12,406 / 11,203.
 
-Which images a class keeps is a seeded random choice (``np.random.default_rng(seed)``); the original
-repositories keep the first ones in file order. ``data.val_per_class`` (CDB-CE's protocol: 25)
-first holds out that many images of every class of the published train set as a balanced ``val``
-split; the profile is then applied to the rest with ``n_max`` = the per-class remainder (CDB-CE's
-code takes ``len(train) / C`` after the hold-out: 475 for CIFAR-100), which gives CDB-CE's 10,302
-training images at IF 100. Without a hold-out ``val.csv`` is empty and ``dataset.json`` records
-``has_val: false``.
+Which images a class keeps follows one of the references, ``data.subset``
+(:data:`longtail.data.imbalance.SUBSETS`), drawn with ``data.seed``, never the training seed:
+``ldam`` (the default) is LDAM-DRW's and FBL's rule, NumPy's legacy RNG seeded once, then for each
+class in label order its indices shuffled and the first n_c kept (``rand_number`` 0 in LDAM-DRW is
+``data.seed`` 0: the same images); ``cdb`` is CDB-CE's, the last ``data.val_per_class`` images of
+each class in file order as val and the first n_c of the rest as train; ``random`` a seeded choice.
+``data.val_per_class`` (CDB-CE's protocol: 25; null or 0: none) holds out that many images of every
+class of the published train set as a balanced ``val`` split; the profile is then applied with
+``n_max`` = the per-class remainder (CDB-CE's code takes ``len(train) / C`` after the hold-out: 475
+for CIFAR-100), which gives CDB-CE's 10,302 training images at IF 100. Without a hold-out
+``val.csv`` is empty and ``dataset.json`` records ``has_val: false`` (BALMS on CIFAR draws its meta
+set from train: ``finetune.meta_source: train``).
 
 Normalisation: the fixed per-channel statistics of LDAM-DRW's code, (0.4914, 0.4822, 0.4465) /
 (0.2023, 0.1994, 0.2010), used there and by BALMS and FBL for both CIFAR-10 and CIFAR-100, rather
@@ -48,8 +53,7 @@ import pandas as pd
 
 from longtail import io
 from longtail.config import DataConfig
-from longtail.data import base
-from longtail.data.imbalance import hold_out_per_class, profile_counts, select_per_class
+from longtail.data import base, imbalance
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -292,7 +296,7 @@ def lt_counts(name: str, cfg: DataConfig, available: Sequence[int]) -> list[int]
     """
     num_classes = len(available)
     n_max = cfg.n_max if cfg.n_max is not None else min(LAYOUTS[name].n_max, min(available))
-    counts = profile_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
+    counts = imbalance.profile_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
     for c, (k, have) in enumerate(zip(counts, available, strict=True)):
         if k > have:
             raise ValueError(
@@ -309,7 +313,10 @@ def lt_counts(name: str, cfg: DataConfig, available: Sequence[int]) -> list[int]
 
 
 def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
-    """Hold out the optional balanced val set, apply the LT profile, keep the full test set."""
+    """Hold out the optional balanced val set, apply the LT profile, keep the full test set.
+
+    ``seed`` is the data seed (the stage passes ``data.seed``); ``data.subset`` picks the rule.
+    """
     if cfg.test_per_class is not None:
         raise ValueError(
             f"data.test_per_class: CIFAR-LT is tested on the full published test "
@@ -319,15 +326,15 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
     train_images, train_labels = read_split(folder, cfg.name, "train")
     test_images, test_labels = read_split(folder, cfg.name, "test")
     class_names = read_class_names(folder, cfg.name)
-    rng = np.random.default_rng(seed)
     val_pc = cfg.val_per_class or 0
-    if val_pc:
-        val, rest = hold_out_per_class(train_labels, val_pc, rng)
-    else:
-        val, rest = np.zeros(0, dtype=np.int64), np.arange(len(train_labels))
-    available = np.bincount(train_labels[rest], minlength=len(class_names)).tolist()
-    counts = lt_counts(cfg.name, cfg, available)
-    train = rest[select_per_class(train_labels[rest], counts, rng)]
+    per_class = np.bincount(train_labels, minlength=len(class_names))
+    if val_pc >= per_class.min():
+        raise ValueError(
+            f"data.val_per_class: expected fewer than the {per_class.min()} images of the "
+            f"smallest class; got {val_pc}"
+        )
+    counts = lt_counts(cfg.name, cfg, (per_class - val_pc).tolist())
+    train, val = imbalance.subset(cfg.subset, train_labels, counts, val_pc, seed)
     test = np.arange(len(test_labels))
     manifests = {
         "train": _manifest(train, train_labels),
@@ -345,8 +352,14 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "n_max": counts[0],
         "imbalance": cfg.imbalance,
         "profile": cfg.profile,
-        "seed": seed,
+        "subset": cfg.subset,
+        "val_per_class": val_pc,
+        "data_seed": seed,
     }
+    print(
+        f"{cfg.name}: subset {cfg.subset} (data.seed {seed}), {len(train)} train / {len(val)} "
+        f"val / {len(test)} test images"
+    )
     base.write_prepared(out_dir, manifests, class_names, info, images=images)
 
 

@@ -93,6 +93,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "size": [8, 8],
         "mean": [float(pixels.mean())],
         "std": [float(pixels.std())],
+        "data_seed": seed,
     }
     base.write_prepared(
         out_dir,

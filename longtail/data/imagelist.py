@@ -21,7 +21,7 @@ classes the median over 200 seeds is 110K training images, 367 classes with more
 with fewer than 20, against ImageNet-LT's 115.8K, 385 and 136. A balanced test set
 (``data.test_per_class``, 50) and val set (``data.val_per_class``, 20) are taken from each class
 first, as in ImageNet-LT. The split is part of the dataset, not of an experiment: it is drawn with
-the fixed ``SPLIT_SEED`` and written as list files into ``data/raw/<name>``.
+``data.seed`` (never the training seed) and written as list files into ``data/raw/<name>``.
 
 Loading (``open``): a ``DataLoader`` with ``data.workers`` processes reads the files in the order
 the training loop gives, decodes them with ``torchvision.io.decode_image`` (no PIL) and applies the
@@ -64,7 +64,6 @@ from longtail.data.imbalance import hold_out_per_class
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)  # classifier-balancing's
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-SPLIT_SEED = 0
 DEFAULT_N_MAX, DEFAULT_N_MIN = 1280, 5  # OLTR's ImageNet-LT range
 DEFAULT_VAL_PER_CLASS, DEFAULT_TEST_PER_CLASS = 20, 50  # ImageNet-LT's balanced val and test
 DEFAULT_IMAGE_SIZE = 224
@@ -321,21 +320,21 @@ def _generate(cfg: DataConfig, spec: Spec, root: Path, raw_dir: Path) -> None:
         "test_per_class": (
             cfg.test_per_class if cfg.test_per_class is not None else DEFAULT_TEST_PER_CLASS
         ),
-        "seed": SPLIT_SEED,
+        "seed": cfg.seed,
     }
     counts = pareto_counts(
         len(classes),
         alpha=protocol["pareto_alpha"],
         n_max=protocol["n_max"],
         n_min=protocol["n_min"],
-        seed=SPLIT_SEED,
+        seed=cfg.seed,
     )
     splits = split_balanced_folder(
         paths,
         counts,
         val_per_class=protocol["val_per_class"],
         test_per_class=protocol["test_per_class"],
-        seed=SPLIT_SEED,
+        seed=cfg.seed,
     )
     with io.atomic_dir(raw_dir) as tmp:
         for split, rows in splits.items():

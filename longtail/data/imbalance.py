@@ -8,7 +8,7 @@ LDAM-DRW) keeps ``n_max`` for the first half of the classes and ``int(n_max / IF
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -68,3 +68,85 @@ def hold_out_per_class(
     held_idx = pool[held]
     rest = np.setdiff1d(pool, held_idx, assume_unique=True)
     return np.sort(held_idx), np.sort(rest)
+
+
+# ------------------------------------------------------------------------------------- subset rules
+# A rule takes (labels, counts, val_per_class, seed) and returns (train, val): sorted index arrays
+# into ``labels``, disjoint, class c holding counts[c] train and val_per_class val indices.
+Subset = Callable[[np.ndarray, Sequence[int], int, int], tuple[np.ndarray, np.ndarray]]
+SUBSETS: dict[str, Subset] = {}
+
+
+def _subset(name: str) -> Callable[[Subset], Subset]:
+    def add(rule: Subset) -> Subset:
+        if name in SUBSETS:
+            raise ValueError(f"subset rule {name!r} is registered twice")
+        SUBSETS[name] = rule
+        return rule
+
+    return add
+
+
+def subset(
+    name: str, labels: np.ndarray, counts: Sequence[int], val_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, val)`` indices of ``labels`` under the rule ``name`` (see the module docstring)."""
+    if name not in SUBSETS:
+        raise ValueError(f"data.subset: expected one of {', '.join(SUBSETS)}; got {name!r}")
+    for c, k in enumerate(counts):
+        have = int(np.sum(labels == c))
+        if k + val_per_class > have:
+            raise ValueError(
+                f"class {c}: asked for {k} train + {val_per_class} val images, only {have} exist"
+            )
+    return SUBSETS[name](np.asarray(labels), counts, val_per_class, seed)
+
+
+def _sorted(parts: list[np.ndarray]) -> np.ndarray:
+    return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+@_subset("ldam")
+def ldam_subset(
+    labels: np.ndarray, counts: Sequence[int], val_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """LDAM-DRW's rule: one legacy RNG, per class in label order shuffle, keep the first n_c."""
+    rng = np.random.RandomState(seed)  # the stream np.random.seed(seed) gives the global RNG
+    train, val = [], []
+    for c, k in enumerate(counts):
+        order = np.flatnonzero(labels == c)  # int64, ascending, as np.where(...)[0]
+        rng.shuffle(order)
+        train.append(order[:k])
+        val.append(order[len(order) - val_per_class :])
+    return _sorted(train), _sorted(val)
+
+
+@_subset("cdb")
+def cdb_subset(
+    labels: np.ndarray, counts: Sequence[int], val_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """CDB-CE's rule: val the last ``val_per_class`` of a class, train the first n_c of the rest.
+
+    ``seed`` is unused: CDB-CE's selection is in file order. (With ``val_per_class`` 0 the
+    original's ``loc[:-0]`` would keep nothing; here the whole class is the rest.)
+    """
+    train, val = [], []
+    for c, k in enumerate(counts):
+        loc = np.flatnonzero(labels == c)
+        cut = len(loc) - val_per_class
+        train.append(loc[:cut][:k])
+        val.append(loc[cut:])
+    return _sorted(train), _sorted(val)
+
+
+@_subset("random")
+def random_subset(
+    labels: np.ndarray, counts: Sequence[int], val_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded choice without replacement: the balanced val set first, then train from the rest."""
+    rng = np.random.default_rng(seed)
+    if val_per_class:
+        val, rest = hold_out_per_class(labels, val_per_class, rng)
+    else:
+        val, rest = np.zeros(0, dtype=np.int64), np.arange(len(labels))
+    return rest[select_per_class(labels[rest], counts, rng)], val

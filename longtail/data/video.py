@@ -46,10 +46,10 @@ profile of ``data.imbalance`` with ``n_max = data.n_max``, default 50) and the t
 ``P0k-R01-Digits`` / ``P0k-R02-Digits``; subject P05 holds the val clips (``data.val_per_class``,
 default 10 per class) inside ``train_split1.txt``, split off by subject exactly like EGTEA's.
 Every digit image is used once, and scikit-learn's copy of the digits is checked against the
-``digits`` family's md5 (``data.md5``). The render is seeded by ``RENDER_SEED`` (``download`` takes
-no seed): the same seed gives the same split files and the same decoded frames. Training
-augmentation: ``random_crop_flip`` with padding 2 and no flip (digits are chiral), the same crop for
-every frame of a clip.
+``digits`` family's md5 (``data.md5``). The render is seeded by ``data.seed`` (the training
+``seed`` never reaches ``download``): the same seed gives the same split files and the same decoded
+frames. Training augmentation: ``random_crop_flip`` with padding 2 and no flip (digits are
+chiral), the same crop for every frame of a clip.
 """
 
 from __future__ import annotations
@@ -94,7 +94,6 @@ KINETICS_STD = (1 / 255, 1 / 255, 1 / 255)  # mean subtraction only, on the 0..2
 EGTEA_LIST_DIRS = ("action_annotation", ".")
 
 # Moving digits.
-RENDER_SEED = 0
 MD_CANVAS = 32
 MD_DIGIT = 16
 MD_FRAMES = 16
@@ -435,7 +434,7 @@ def download_moving_digits(cfg: DataConfig, raw_dir: Path) -> None:
     expected = DIGITS_MD5 if cfg.md5 == "auto" else cfg.md5
     with io.atomic_dir(raw_dir) as tmp:
         source = render_moving_digits(
-            tmp, seed=RENDER_SEED, train_counts=counts, val_per_class=val_pc, test_per_class=test_pc
+            tmp, seed=cfg.seed, train_counts=counts, val_per_class=val_pc, test_per_class=test_pc
         )
         if expected is not None and source["digits_md5"] != expected:
             raise io.ChecksumError(
