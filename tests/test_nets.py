@@ -20,6 +20,7 @@ FEATURE_DIM = {
     "resnet10": 512,
     "resnet50": 2048,
     "resnet152": 2048,
+    "resnext50": 2048,
     "resnext101_3d": 2048,
     "resnet3d_small": 128,
 }
@@ -33,6 +34,9 @@ RESNET32_PARAMS_10 = 464_154
 # shortcut_type="B", num_classes=400): the Kinetics-400 ResNeXt-101 whose checkpoint is
 # resnext-101-kinetics.pth, counted by building that code on the meta device.
 RESNEXT101_3D_PARAMS_400 = 48_340_816
+# ResNeXt-50 32x4d for ImageNet's 1,000 classes: 25,028,904 parameters (torchvision's model card
+# for resnext50_32x4d, "num_params").
+RESNEXT50_PARAMS_1000 = 25_028_904
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +83,8 @@ def test_register_refuses_a_duplicate_name() -> None:
 
 def test_unknown_arch_lists_the_valid_names() -> None:
     expected = (
-        "model.arch: expected one of resnet32, resnet10, resnet50, resnet152, resnext101_3d, "
+        "model.arch: expected one of resnet32, resnet10, resnet50, resnet152, resnext50, "
+        "resnext101_3d, "
         'resnet3d_small; got "resnet9000"'
     )
     with pytest.raises(ValueError) as err:
@@ -178,12 +183,23 @@ def test_resnet32_option_a_shortcut_pads_zero_channels() -> None:
 # --- torchvision ResNets ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["resnet50", "resnet152"])
-def test_torchvision_names_and_shapes(arch: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "builder"),
+    [("resnet50", "resnet50"), ("resnet152", "resnet152"), ("resnext50", "resnext50_32x4d")],
+)
+def test_torchvision_names_and_shapes(arch: str, builder: str) -> None:
     with torch.device("meta"):
         ours = nets.create(arch, 7)
-        theirs = getattr(torchvision.models, arch)(weights=None, num_classes=7)
+        theirs = getattr(torchvision.models, builder)(weights=None, num_classes=7)
     assert shapes(ours) == shapes(theirs)
+
+
+def test_resnext50_is_32x4d_with_the_published_parameter_count() -> None:
+    with torch.device("meta"):
+        model = nets.create("resnext50", 1000)
+    assert num_params(model) == RESNEXT50_PARAMS_1000
+    conv = model.layer1[0].conv2  # grouped 3x3: 32 groups of 4 channels in the first stage
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (32, 128, 128)
 
 
 def test_resnet10_is_basicblock_1111() -> None:

@@ -11,8 +11,8 @@ and shares one interface:
 - ``feature_dim``, the size of the feature.
 
 Architectures: ``resnet32`` (CIFAR, ``resnet_cifar.py``), ``resnet10`` / ``resnet50`` /
-``resnet152`` (torchvision, ``resnet.py``), ``resnext101_3d`` and ``resnet3d_small`` (video clips,
-``resnet3d.py``).
+``resnet152`` / ``resnext50`` (torchvision, ``resnet.py``), ``resnext101_3d`` and
+``resnet3d_small`` (video clips, ``resnet3d.py``).
 
 ``load_weights`` loads a pretrained or earlier checkpoint into a network key by key and reports
 what it could not load.
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from longtail.nets.resnet import resnet10, resnet50, resnet152
+from longtail.nets.resnet import resnet10, resnet50, resnet152, resnext50
 from longtail.nets.resnet3d import resnet3d_small, resnext101_3d
 from longtail.nets.resnet_cifar import resnet32
 
@@ -61,6 +61,7 @@ for _name, _builder in (
     ("resnet10", resnet10),
     ("resnet50", resnet50),
     ("resnet152", resnet152),
+    ("resnext50", resnext50),
     ("resnext101_3d", resnext101_3d),
     ("resnet3d_small", resnet3d_small),
 ):
