@@ -138,6 +138,7 @@ class PretrainConfig:
 
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: str = "instance"
+    samples_per_class: int = _check(1, ge=1)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -150,14 +151,26 @@ class FinetuneConfig:
     0, 0.1, ..., 2); with more than one candidate the best on ``val`` is used. The ``meta_*`` keys
     configure the BALMS meta sampler (``sampler: meta``, refused with ``mode: full``); their
     defaults are the BALMS CIFAR configs (``init_pow`` 0, Adam lr 0.01, meta batch = batch size).
+    ``samples_per_class``: consecutive images per class visit of the ``class_balanced`` sampler
+    (classifier-balancing's ``num_samples_cls``). ``backbone_bn``: a frozen backbone's BatchNorm
+    in ``classifier`` / ``lws`` stays in eval mode (``frozen``) or runs in train mode (``train``,
+    the reference code: batch statistics, drifting running statistics). ``tau_norm_bias``: keep
+    the classifier bias in ``tau_norm`` (the reference scores without it). ``partial``: only the
+    modules named in ``train_blocks`` and the classifier are re-initialised and trained, the
+    blocks at ``block_lr`` (None: ``lr``).
     """
 
     TAU_SWEEP: typing.ClassVar[tuple[float, ...]] = tuple(i / 10 for i in range(21))
 
-    mode: Literal["none", "full", "classifier", "tau_norm", "lws"] = "full"
+    mode: Literal["none", "full", "classifier", "tau_norm", "lws", "partial"] = "full"
     sampler: str = "instance"
+    samples_per_class: int = _check(1, ge=1)
     augment: bool = True
+    backbone_bn: Literal["frozen", "train"] = "frozen"
     tau_norm: float | str | tuple[float, ...] = "sweep"
+    tau_norm_bias: bool = False
+    train_blocks: tuple[str, ...] = ()
+    block_lr: float | None = _check(None, gt=0)
     meta_lr: float = _check(0.01, gt=0)
     meta_init_pow: float = _check(0.0, ge=0)
     meta_batch_size: int | None = _check(None, gt=0)
@@ -171,6 +184,20 @@ class FinetuneConfig:
                 "finetune.sampler: meta expects finetune.mode: classifier (BALMS meta-learns the "
                 f"sampler of classifier retraining); got finetune.mode: {self.mode}"
             )
+        if self.sampler == "meta" and self.backbone_bn == "train":
+            raise ConfigError(
+                "finetune.backbone_bn: expected frozen with finetune.sampler: meta (the meta "
+                "step differentiates through the classifier on frozen features); got train"
+            )
+        if self.mode == "partial" and not self.train_blocks:
+            raise ConfigError(
+                "finetune.train_blocks: expected a non-empty list of module names (e.g. "
+                "[layer4.2]) with finetune.mode: partial; got []"
+            )
+
+    def stage_sampler(self) -> str:
+        """The sampler the training loop of this mode uses (LWS is class-balanced by definition)."""
+        return "class_balanced" if self.mode == "lws" else self.sampler
 
     @classmethod
     def _parse_tau_norm(cls, value: Any) -> float | str | tuple[float, ...]:
@@ -429,6 +456,12 @@ def _check_registries(config: Config) -> None:
     ):
         if name not in samplers.names():
             _fail(key, "one of " + ", ".join(samplers.names()), name)
+    for stage, section in (("pretrain", config.pretrain), ("finetune", config.finetune)):
+        sampler = section.stage_sampler() if stage == "finetune" else section.sampler
+        try:
+            samplers.stage_options(sampler, samples_per_class=section.samples_per_class)
+        except ValueError as err:
+            raise ConfigError(f"{stage}.{err}") from None
 
 
 def load(path: str | Path = "params.yaml") -> Config:

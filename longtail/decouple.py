@@ -16,12 +16,14 @@ Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020
     ``instance`` + ``balanced_softmax``, BALMS with ``meta`` + ``balanced_softmax``
     (:mod:`longtail.meta`).
 ``tau_norm``
-    No training: ``w_c <- w_c / ||w_c||^τ`` on the pretrained classifier. The bias is kept as
-    trained, so τ = 0 is the pretrained network exactly (classifier-balancing's ``tau_norm.py``
-    scores ``f · w_c`` without the bias). With several τ candidates (``finetune.tau_norm: sweep``
-    is that script's grid 0, 0.1, ..., 2) the one with the best mean per-class accuracy on ``val``
-    is used (the smallest τ among ties); the script scores its sweep on ``test`` or ``val``, here
-    never ``test``.
+    No training: ``w_c <- w_c / ||w_c||^τ`` on the pretrained classifier. classifier-balancing's
+    ``tau_norm.py`` scores ``f · w_c / ||w_c||^τ`` without the bias, and so does the default
+    ``finetune.tau_norm_bias: false`` (the bias is set to zero in ``models/final.pt``, so τ = 0 is
+    the pretrained network without its bias); ``true`` keeps the bias as trained, so that τ = 0 is
+    the pretrained network exactly. With several τ candidates (``finetune.tau_norm: sweep`` is that
+    script's grid 0, 0.1, ..., 2) the one with the best mean per-class accuracy on ``val`` is used
+    (the smallest τ among ties); the script scores its sweep on ``test`` or ``val``, here never
+    ``test``.
 ``lws``
     Learnable weight scaling: logits ``s_c (w_c · f + b_c)`` with the pretrained ``w``, ``b`` and
     backbone frozen and one scale per class, initialised to 1, trained with ``loss`` on the
@@ -29,15 +31,33 @@ Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020
     the optimiser settings of ``finetune`` (weight decay applies to the scales, as in
     classifier-balancing's LWS config). The scales are then folded into the classifier
     (``w_c <- s_c w_c``, ``b_c <- s_c b_c``), so ``models/final.pt`` is the plain architecture.
+``partial``
+    Partial fine-tuning (FBL and OLTR on Places-LT, juyongjiang/FBL ``train.py``): the network is
+    frozen in eval mode except the modules named in ``finetune.train_blocks`` (e.g. ``layer4.2``,
+    the last bottleneck of ResNet-152) and the classifier. Those are re-initialised (each
+    submodule's own PyTorch default, ``reset_parameters``, drawn from a generator seeded by
+    ``seed``: FBL builds its new last block as fresh modules and never applies torchvision's
+    ResNet initialisation to it; BatchNorm running statistics restart too), run in train mode and
+    are trained with ``loss`` and ``finetune.sampler``; the blocks at ``finetune.block_lr`` (None:
+    ``finetune.lr``, as in FBL, whose one SGD holds the block and the classifier at one LR), the
+    classifier at ``finetune.lr``. The LR schedule scales both alike.
 
-BatchNorm: in ``classifier`` and ``lws`` the frozen backbone stays in eval mode for the whole
-stage, so BatchNorm normalises with the running statistics of ``pretrain`` and never updates them:
-every backbone parameter and buffer leaves the stage bit-identical, and the classifier is trained
-on exactly the features it sees at test time. The reference implementations call ``.train()`` on
-the whole network, so there BatchNorm uses batch statistics while the classifier trains and the
-running statistics drift towards the re-balanced sampling; a frozen backbone here means frozen.
+BatchNorm of a frozen backbone (``finetune.backbone_bn``, ``classifier`` and ``lws``):
+``frozen`` (the default) keeps the backbone in eval mode for the whole stage, so BatchNorm
+normalises with the running statistics of ``pretrain`` and never updates them: every backbone
+parameter and buffer leaves the stage bit-identical, and the classifier is trained on exactly the
+features it sees at test time. ``train`` does what the reference implementations do
+(classifier-balancing's ``run_networks.py`` calls ``.train()`` on every network each epoch, the
+feature model included, with its parameters frozen): BatchNorm normalises each training batch
+with its own statistics and its running statistics drift towards the re-balanced sampling, while
+the convolution weights (and BatchNorm's affine parameters) stay fixed; evaluation then uses the
+drifted running statistics. With ``train`` every training batch goes through the backbone (in
+train mode, without autograd through it), so nothing is cached, ``finetune.augment: false``
+included: the features of an image change with the batch it is in. The BALMS meta step needs
+frozen features, so ``sampler: meta`` accepts ``frozen`` only.
 
-Features: because the backbone is a fixed function in eval mode, the training loop runs on the
+Features (``backbone_bn: frozen``): because the backbone is a fixed function in eval mode, the
+training loop runs on the
 classifier alone over :class:`FrozenFeatures` (``head(f) -> (fc(f), f)``). Without augmentation
 (``val``, and training batches with ``finetune.augment: false``) the features of every image are
 computed once, in the evaluation batches, and looked up afterwards; with augmentation each batch is
@@ -52,7 +72,7 @@ split once (a sampler may draw any image) and only the classifier is wrapped in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,9 +100,10 @@ class TrainFn(Protocol):
         *,
         loss: LossConfig,
         sampler: str,
-        params: list[nn.Parameter] | None = None,
+        params: list[nn.Parameter] | list[dict[str, Any]] | None = None,
         sampler_options: dict[str, Any] | None = None,
         setup: Callable[[Any], None] | None = None,
+        train_mode: Callable[[nn.Module], None] | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -277,6 +298,82 @@ class Unaugmented:
         return self.source.batches(order, batch_size, train=False, generator=generator)
 
 
+class OnBackbone(nn.Module):
+    """A frozen backbone under a trainable head: ``forward(x) -> head(backbone features of x)``.
+
+    ``backbone_bn: train`` trains this whole module with only the head's parameters in the
+    optimiser: ``.train()`` puts the backbone's BatchNorm in train mode (batch statistics, running
+    statistics updated), and since no backbone parameter requires a gradient no autograd graph is
+    kept through it.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.backbone.forward_features(x))
+
+
+@dataclass
+class Retrain:
+    """What the training loop runs to retrain a head on a frozen backbone.
+
+    Attributes:
+        net: the module the loop trains and validates.
+        setup: the trainer hook that adapts its sources.
+    """
+
+    net: nn.Module
+    setup: Callable[[Any], None]
+
+
+BackboneBN = Callable[[Job, nn.Module, nn.Module], Retrain]
+BACKBONE_BN: dict[str, BackboneBN] = {}
+
+
+def _backbone_bn(name: str) -> Callable[[BackboneBN], BackboneBN]:
+    def add(policy: BackboneBN) -> BackboneBN:
+        if name in BACKBONE_BN:
+            raise ValueError(f"finetune.backbone_bn {name!r}: already registered")
+        BACKBONE_BN[name] = policy
+        return policy
+
+    return add
+
+
+@_backbone_bn("frozen")
+def _bn_frozen(job: Job, backbone: nn.Module, head: nn.Module) -> Retrain:
+    """Eval-mode backbone: the loop trains the head alone over :class:`FrozenFeatures`."""
+    return Retrain(head, _feature_setup(job, backbone))
+
+
+@_backbone_bn("train")
+def _bn_train(job: Job, backbone: nn.Module, head: nn.Module) -> Retrain:
+    """Train-mode backbone (the references): every batch through it, nothing cached."""
+    return Retrain(OnBackbone(backbone, head), _unaugmented_setup(job))
+
+
+def retrain(job: Job, backbone: nn.Module, head: nn.Module) -> Retrain:
+    """The ``finetune.backbone_bn`` policy's plan for training ``head`` on ``backbone``."""
+    name = job.config.backbone_bn
+    if name not in BACKBONE_BN:
+        raise ValueError(
+            f'finetune.backbone_bn: expected one of {", ".join(BACKBONE_BN)}; got "{name}"'
+        )
+    return BACKBONE_BN[name](job, backbone, head)
+
+
+def _unaugmented_setup(job: Job) -> Callable[[Any], None]:
+    """A trainer setup hook that trains on unaugmented images when ``finetune.augment`` is off."""
+
+    def setup(trainer: Any) -> None:
+        if not job.config.augment:
+            trainer.train_source = Unaugmented(trainer.train_source)
+
+    return setup
+
+
 def _frozen_backbone(job: Job) -> nn.Module:
     """Put the whole network on the device, frozen and in eval mode; returns it."""
     model = job.model.to(job.device)
@@ -311,10 +408,7 @@ def none(job: Job) -> Outcome:
 def full(job: Job) -> Outcome:
     """Fine-tune every layer with ``loss`` and ``finetune.sampler``."""
 
-    def setup(trainer: Any) -> None:
-        if not job.config.augment:
-            trainer.train_source = Unaugmented(trainer.train_source)
-
+    setup = _unaugmented_setup(job)
     summary = job.train(job.model, loss=job.loss, sampler=job.config.sampler, setup=setup)
     return Outcome({"mode": "full", **summary})
 
@@ -332,25 +426,25 @@ def classifier(job: Job) -> Outcome:
     backbone = _frozen_backbone(job)
     reset_classifier(backbone.fc, job.seed)
     head = LinearHead(backbone.fc.requires_grad_(True))
-    features = _feature_setup(job, backbone)
+    plan = retrain(job, backbone, head)
     drivers: list[MetaSampler] = []
 
     def setup(trainer: Any) -> None:
-        features(trainer)
+        plan.setup(trainer)
         if isinstance(trainer.sampler, MetaSampler):
             trainer.train_source = _meta_source(job, trainer)
             drivers.append(trainer.sampler)
 
     options = {"init_pow": cfg.meta_init_pow, "lr": cfg.meta_lr} if meta else None
     summary = job.train(
-        head,
+        plan.net,
         loss=job.loss,
         sampler=cfg.sampler,
         params=list(head.parameters()),
         sampler_options=options,
         setup=setup,
     )
-    metrics = {"mode": "classifier", **summary}
+    metrics = {"mode": "classifier", "backbone_bn": cfg.backbone_bn, **summary}
     plots = {}
     if drivers:
         metrics.update(meta_init_pow=cfg.meta_init_pow, meta_lr=cfg.meta_lr)
@@ -399,7 +493,14 @@ def tau_norm(job: Job) -> Outcome:
     chosen = best_tau(rows) if len(taus) > 1 else taus[0]
     with torch.no_grad():
         backbone.fc.weight.copy_(tau_normalized(backbone.fc.weight, chosen))
-    metrics: dict[str, Any] = {"mode": "tau_norm", "epochs": 0, "tau": chosen}
+        if not job.config.tau_norm_bias and backbone.fc.bias is not None:
+            backbone.fc.bias.zero_()  # the reference scores f · w / ||w||^τ, no bias
+    metrics: dict[str, Any] = {
+        "mode": "tau_norm",
+        "epochs": 0,
+        "tau": chosen,
+        "tau_norm_bias": job.config.tau_norm_bias,
+    }
     for row in rows:
         if row["tau"] == chosen:
             metrics.update({f"val/{k}": v for k, v in row.items() if k != "tau"})
@@ -411,9 +512,10 @@ def tau_sweep(
 ) -> list[dict[str, float]]:
     """Val scores (percent) of the τ-normalised classifier for each τ in ``taus``."""
     rows = []
+    bias = fc.bias if job.config.tau_norm_bias else None
     for tau in taus:
         with torch.no_grad():
-            logits = F.linear(features, tau_normalized(fc.weight, tau).to(features.dtype), fc.bias)
+            logits = F.linear(features, tau_normalized(fc.weight, tau).to(features.dtype), bias)
         conf = confusion_matrix(logits.argmax(1), labels, len(job.train_counts))
         s = summarize(conf, job.train_counts, job.many_shot, job.few_shot)
         keys = ("top1", "mean_class_accuracy", "many", "medium", "few")
@@ -432,12 +534,13 @@ def lws(job: Job) -> Outcome:
     """Learn one scale per class of the frozen pretrained classifier on class-balanced batches."""
     backbone = _frozen_backbone(job)
     head = ScaledHead(backbone.fc)
+    plan = retrain(job, backbone, head)
     summary = job.train(
-        head,
+        plan.net,
         loss=job.loss,
-        sampler="class_balanced",
+        sampler=job.config.stage_sampler(),
         params=[head.scales],
-        setup=_feature_setup(job, backbone),
+        setup=plan.setup,
     )
     scales = head.scales.detach().cpu().tolist()
     head.fold()
@@ -446,4 +549,84 @@ def lws(job: Job) -> Outcome:
         {"class": names[c], "train_count": job.train_counts[c], "scale": round(s, 6)}
         for c, s in enumerate(scales)
     ]
-    return Outcome({"mode": "lws", "sampler": "class_balanced", **summary}, {"lws_scales": rows})
+    metrics = {"mode": "lws", "backbone_bn": job.config.backbone_bn, **summary}
+    return Outcome(metrics, {"lws_scales": rows})
+
+
+@register("partial")
+def partial(job: Job) -> Outcome:
+    """Re-initialise and train the named blocks and the classifier on a frozen network (FBL)."""
+    cfg = job.config
+    model = job.model
+    blocks = named_blocks(model, cfg.train_blocks)
+    with torch.random.fork_rng(devices=[]):  # module initialisers draw from the global RNG
+        torch.manual_seed(job.seed)
+        for block in blocks.values():
+            reinitialise(block)
+    reset_classifier(model.fc, job.seed)
+    model = _frozen_backbone(job)
+    trained = [*blocks.values(), model.fc]
+    for module in trained:
+        module.requires_grad_(True)
+    block_lr = cfg.block_lr if cfg.block_lr is not None else cfg.optim.lr
+    groups = [
+        {"params": _parameters(blocks.values(), exclude=model.fc), "lr": block_lr},
+        {"params": list(model.fc.parameters()), "lr": cfg.optim.lr},
+    ]
+
+    def train_mode(net: nn.Module) -> None:
+        net.eval()  # the frozen network keeps its running statistics
+        for module in trained:
+            module.train()
+
+    summary = job.train(
+        model,
+        loss=job.loss,
+        sampler=cfg.sampler,
+        params=groups,
+        setup=_unaugmented_setup(job),
+        train_mode=train_mode,
+    )
+    metrics = {"mode": "partial", "train_blocks": list(blocks), "block_lr": block_lr}
+    return Outcome({**metrics, **summary})
+
+
+def named_blocks(model: nn.Module, names: tuple[str, ...]) -> dict[str, nn.Module]:
+    """The modules of ``model`` called ``names`` (``layer4.2``), in the order given.
+
+    Raises:
+        ValueError: a name that is not a module of ``model``; the message lists the valid names
+            down to blocks (names with at most one dot).
+    """
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if not name or name not in modules]
+    if unknown:
+        valid = [name for name in modules if name and name.count(".") <= 1]
+        raise ValueError(
+            f"finetune.train_blocks: expected module names of {type(model).__name__} among "
+            f"{', '.join(valid)} (or deeper, e.g. layer4.2.conv1); got {', '.join(unknown)}"
+        )
+    return {name: modules[name] for name in names}
+
+
+def reinitialise(module: nn.Module) -> None:
+    """Every submodule's own PyTorch default initialisation (``reset_parameters``), in place.
+
+    BatchNorm's resets its running statistics as well. Draws from the global RNG (the caller
+    seeds it).
+    """
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def _parameters(modules: Iterable[nn.Module], exclude: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``modules``, each once, without those of ``exclude``."""
+    skip = {id(p) for p in exclude.parameters()}
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in skip:
+                seen.setdefault(id(p), p)
+    return list(seen.values())

@@ -237,6 +237,31 @@ def create(
     return cls(labels, seed=seed, rank=rank, world_size=world_size, **options)
 
 
+def stage_options(name: str, *, samples_per_class: int) -> dict[str, object]:
+    """The constructor options of sampler ``name`` that a stage's params set.
+
+    ``samples_per_class`` (``pretrain.`` / ``finetune.samples_per_class``) is the class-aware
+    sampler's ``num_samples_cls``; any other sampler takes no such option, so a value other than 1
+    for it is refused rather than ignored.
+
+    Raises:
+        ValueError: ``samples_per_class`` is not an integer >= 1, or is not 1 for a sampler that
+            does not take it.
+    """
+    _load_builtin()
+    _check_int("samples_per_class", samples_per_class, low=1)
+    cls = SAMPLERS.get(name)
+    takes = cls is not None and "num_samples_cls" in inspect.signature(cls.__init__).parameters
+    if takes:
+        return {"num_samples_cls": samples_per_class}
+    if samples_per_class != 1:
+        raise ValueError(
+            f"samples_per_class: expected 1 with sampler {name} (only class_balanced takes "
+            f"several consecutive images per class visit); got {samples_per_class}"
+        )
+    return {}
+
+
 # -------------------------------------------------------------------------------- samplers
 @register("instance")
 class InstanceSampler(Sampler):

@@ -294,7 +294,8 @@ class Trainer:
         model: returns ``(logits, features)``.
         loss: a :class:`longtail.losses.LongTailLoss`.
         sampler: a :mod:`longtail.samplers` sampler over the training labels.
-        params: the parameters to optimise (all of ``model``'s by default).
+        params: the parameters to optimise (all of ``model``'s by default), or SGD parameter
+            groups (dicts with ``params`` and their own ``lr``: partial fine-tuning).
         train_mode: puts the model in its training mode (decoupled retraining keeps a frozen
             backbone in eval mode).
         checkpointer: where checkpoints go; None trains without them. Every rank holds one; rank
@@ -323,7 +324,7 @@ class Trainer:
     few_shot: int = 20
     stage: str = "train"
     loss_name: str = "loss"
-    params: list[nn.Parameter] | None = None
+    params: list[nn.Parameter] | list[dict[str, Any]] | None = None
     train_mode: Callable[[nn.Module], None] | None = None
     checkpointer: Checkpointer | None = None
     log_epoch: Callable[[int, dict[str, float]], None] = field(default=lambda e, m: None)

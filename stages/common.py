@@ -138,6 +138,8 @@ def train_stage(
             f"{stage}: loss {loss_cfg.name} needs a val split (set data.val_per_class > 0)"
         )
     world = world or World()
+    section = {"pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
+    options = samplers.stage_options(sampler_name, samples_per_class=section.samples_per_class)
     sampler = samplers.create(
         sampler_name,
         train_src.labels,
@@ -145,7 +147,7 @@ def train_stage(
         rank=world.rank,
         world_size=world.size,
         num_classes=len(counts),
-        **(sampler_options or {}),
+        **{**options, **(sampler_options or {})},
     )
     # The resolved device type joins the params (a CPU checkpoint does not resume on CUDA), and so
     # do the process count and SyncBatchNorm, which change the computation (a checkpoint resumes

@@ -29,7 +29,9 @@ def main() -> None:
     classes = read_json(common.PREPARED / "class_counts.json")
     ctx = common.context(cfg, device)
 
-    def train(net, *, loss, sampler, params=None, sampler_options=None, setup=None) -> dict:
+    def train(
+        net, *, loss, sampler, params=None, sampler_options=None, setup=None, train_mode=None
+    ) -> dict:
         return common.train_stage(
             "finetune",
             cfg,
@@ -43,6 +45,7 @@ def main() -> None:
             params=params,
             sampler_options=sampler_options,
             setup=setup,
+            train_mode=train_mode,
             world=world,
         )
 

@@ -89,7 +89,9 @@ def make_job(model: nn.Module, cfg: config.Config, **sources: TensorSource) -> t
     val_src = sources.get("val", images([4, 4, 4], 2, padding=0))
     calls: list[dict] = []
 
-    def train(net, *, loss, sampler, params=None, sampler_options=None, setup=None) -> dict:
+    def train(
+        net, *, loss, sampler, params=None, sampler_options=None, setup=None, train_mode=None
+    ) -> dict:
         trainer = Trainer(
             model=net,
             loss=losses.create(loss.name, COUNTS, **loss.kwargs()),
@@ -105,6 +107,7 @@ def make_job(model: nn.Module, cfg: config.Config, **sources: TensorSource) -> t
             num_classes=3,
             train_counts=COUNTS,
             params=params,
+            train_mode=train_mode,
             log=lambda line: None,
         )
         if setup is not None:
@@ -334,11 +337,46 @@ def test_tau_norm_with_tau_zero_leaves_predictions_unchanged() -> None:
     x = next(images(COUNTS, 3).batches(torch.arange(21), 21, train=False, generator=None))[0]
     with torch.no_grad():
         before = net(x)[0]
-    job, calls = make_job(net, parse({"mode": "tau_norm", "tau_norm": 0}))
+    job, calls = make_job(net, parse({"mode": "tau_norm", "tau_norm": 0, "tau_norm_bias": True}))
     outcome = decouple.run("tau_norm", job)
     with torch.no_grad():
         assert torch.equal(net(x)[0], before)
     assert not calls and not outcome.trained and outcome.metrics["tau"] == 0.0
+
+
+def test_tau_norm_without_bias_at_tau_zero_is_the_bias_free_pretrained_scores() -> None:
+    """The default (classifier-balancing's tau_norm.py): f · w / ||w||^0 = f · w, no bias."""
+    net = pretrained().eval()
+    assert net.fc.bias.abs().min() > 0  # a bias that would change the scores
+    x = next(images(COUNTS, 3).batches(torch.arange(21), 21, train=False, generator=None))[0]
+    with torch.no_grad():
+        features = net.forward_features(x)
+        expected = features @ net.fc.weight.T  # (B, C) the pretrained scores without the bias
+    job, _ = make_job(net, parse({"mode": "tau_norm", "tau_norm": 0}))
+    outcome = decouple.run("tau_norm", job)
+    with torch.no_grad():
+        logits, _ = net(x)
+    assert torch.equal(logits, expected)
+    assert not net.fc.bias.any() and outcome.metrics["tau_norm_bias"] is False
+
+
+def test_tau_sweep_scores_without_the_bias_unless_asked() -> None:
+    """A bias that flips the val prediction: the sweep reads it only with tau_norm_bias: true."""
+    val = Rows(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), torch.tensor([0, 1]))
+    accuracy = {}
+    for keep in (False, True):
+        net = Identity()
+        with torch.no_grad():
+            net.fc.weight.copy_(torch.eye(2))
+            net.fc.bias.copy_(torch.tensor([0.0, 1.0]))  # pushes every sample to class 1
+        job, _ = make_job(
+            net, parse({"mode": "tau_norm", "tau_norm": [0, 1], "tau_norm_bias": keep})
+        )
+        job.open_split = lambda split: {"val": val}[split]
+        job.train_counts = [100, 10]
+        rows = decouple.run("tau_norm", job).plots["tau_norm"]
+        accuracy[keep] = [r["mean_class_accuracy"] for r in rows]
+    assert accuracy == {False: [100.0, 100.0], True: [50.0, 50.0]}
 
 
 class Identity(nn.Module):
@@ -404,6 +442,177 @@ def test_lws_learns_one_scale_per_class_on_class_balanced_batches() -> None:
     assert torch.allclose(net.fc.bias, scales * fc.bias, rtol=1e-5)
 
 
+# ------------------------------------------------------------------------------ backbone BatchNorm
+def bn_buffers(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if k.startswith("bn.")}
+
+
+@pytest.mark.parametrize("mode", ["classifier", "lws"])
+@pytest.mark.parametrize("augment", [True, False])
+def test_backbone_bn_train_moves_running_statistics_not_weights(mode: str, augment: bool) -> None:
+    net = pretrained()
+    conv_w, conv_b = net.conv.weight.detach().clone(), net.conv.bias.detach().clone()
+    bn_w, bn_b = net.bn.weight.detach().clone(), net.bn.bias.detach().clone()
+    buffers = bn_buffers(net)
+    cfg = parse({"mode": mode, "backbone_bn": "train", "augment": augment})
+    job, calls = make_job(net, cfg)
+    outcome = decouple.run(mode, job)
+    # The weights of the backbone are bit-identical ...
+    assert torch.equal(net.conv.weight, conv_w) and torch.equal(net.conv.bias, conv_b)
+    assert torch.equal(net.bn.weight, bn_w) and torch.equal(net.bn.bias, bn_b)
+    # ... its BatchNorm statistics drifted under the re-balanced batches.
+    assert not torch.equal(net.bn.running_mean, buffers["bn.running_mean"])
+    assert not torch.equal(net.bn.running_var, buffers["bn.running_var"])
+    assert int(net.bn.num_batches_tracked) == 7 + 2 * 3  # 2 epochs of 3 batches of 8 (21 images)
+    trainer = calls[0]["trainer"]
+    assert isinstance(trainer.model, decouple.OnBackbone)  # every batch through the backbone
+    inner = trainer.train_source
+    assert not isinstance(inner, FrozenFeatures)  # no cache, augment: false included
+    assert isinstance(inner, decouple.Unaugmented) == (not augment)
+    assert outcome.metrics["backbone_bn"] == "train"
+
+
+def test_backbone_bn_train_equals_the_loop_over_the_whole_network_in_train_mode() -> None:
+    """cRT as classifier-balancing runs it: the whole network in train mode, only fc optimised."""
+    net, ref = pretrained(), pretrained()
+    cfg = parse({"mode": "classifier", "sampler": "class_balanced", "backbone_bn": "train"})
+    job, _ = make_job(net, cfg)
+    decouple.run("classifier", job)
+
+    reset_classifier(ref.fc, 0)
+    ref.requires_grad_(False)
+    ref.fc.requires_grad_(True)
+    trainer = Trainer(
+        model=ref,
+        loss=losses.create("ce", COUNTS),
+        sampler=samplers.create("class_balanced", images(COUNTS, 1).labels, seed=0),
+        train_source=images(COUNTS, 1),
+        val_source=images([4, 4, 4], 2, padding=0),
+        optim=cfg.finetune.optim,
+        train_cfg=cfg.train,
+        device=CPU,
+        seed=0,
+        num_classes=3,
+        train_counts=COUNTS,
+        params=list(ref.fc.parameters()),
+        log=lambda line: None,
+    )
+    trainer.fit()
+    for key, value in ref.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_backbone_bn_frozen_leaves_every_backbone_tensor_bit_identical() -> None:
+    net = pretrained()
+    before = backbone_state(net)
+    job, calls = make_job(net, parse({"mode": "classifier", "backbone_bn": "frozen"}))
+    decouple.run("classifier", job)
+    assert_backbone_unchanged(before, net)
+    assert isinstance(calls[0]["trainer"].model, LinearHead)
+
+
+def test_backbone_bn_train_is_refused_with_the_meta_sampler() -> None:
+    with pytest.raises(ConfigError, match=r"finetune.backbone_bn: expected frozen with finetune.s"):
+        parse({"mode": "classifier", "sampler": "meta", "backbone_bn": "train"})
+    with pytest.raises(ConfigError, match=r"finetune.backbone_bn: expected one of frozen, train"):
+        parse({"backbone_bn": "drift"})
+
+
+# ------------------------------------------------------------------------------ partial fine-tuning
+class TwoStageNet(nn.Module):
+    """stem (conv, BN) -> block (conv, BN) -> mean pool -> fc, with named stages like a ResNet."""
+
+    feature_dim = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Linear(4, 3)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.forward_features(x)
+        return self.fc(feature), feature
+
+
+def two_stage() -> TwoStageNet:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = TwoStageNet()
+    with torch.no_grad():  # "pretrained" statistics, far from the defaults
+        for bn in (net.stem[1], net.block[1]):
+            bn.running_mean.fill_(0.3)
+            bn.running_var.fill_(1.7)
+            bn.num_batches_tracked.fill_(7)
+    return net
+
+
+def state(net: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if k.startswith(prefix)}
+
+
+def test_partial_trains_only_the_named_block_and_the_classifier() -> None:
+    net = two_stage()
+    stem, block, fc = state(net, "stem."), state(net, "block."), state(net, "fc.")
+    cfg = parse({"mode": "partial", "train_blocks": ["block"], "block_lr": 0.01})
+    job, calls = make_job(net, cfg)
+    outcome = decouple.run("partial", job)
+    for key, value in stem.items():  # frozen layers: parameters and BN buffers bit-identical
+        assert torch.equal(net.state_dict()[key], value), key
+    for key in ("block.0.weight", "block.1.running_mean", "fc.weight", "fc.bias"):
+        assert not torch.equal(net.state_dict()[key], {**block, **fc}[key]), key
+    groups = calls[0]["trainer"].optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [0.01, 0.1]  # block_lr, then the classifier's lr
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in net.block.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in net.fc.parameters()}
+    assert outcome.metrics["train_blocks"] == ["block"] and outcome.metrics["block_lr"] == 0.01
+
+
+def test_partial_reinitialises_the_blocks_with_their_seeded_defaults() -> None:
+    """Before training: each named module's own reset_parameters from the run's seed; the frozen
+    stem stays in eval mode and the named block runs in train mode."""
+    net = two_stage()
+    cfg = parse({"mode": "partial", "train_blocks": ["block"], "lr": 1e-30, "momentum": 0})
+    job, calls = make_job(net, cfg)
+    decouple.run("partial", job)
+    fresh = TwoStageNet().block
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the run's seed
+        for module in fresh.modules():  # in module order, as a Module iterates them
+            getattr(module, "reset_parameters", lambda: None)()
+    # lr 1e-30 moves no float32 weight: what is left is the re-initialisation
+    assert torch.equal(net.block[0].weight, fresh[0].weight)
+    assert torch.equal(net.block[1].weight, torch.ones(4))
+    assert int(net.block[1].num_batches_tracked) == 2 * 3  # restarted, then 6 train-mode batches
+    model = calls[0]["trainer"].model
+    model.train()
+    calls[0]["trainer"].train_mode(model)
+    assert not net.stem.training and net.block.training and net.fc.training
+
+
+def test_partial_defaults_block_lr_to_lr() -> None:
+    job, calls = make_job(two_stage(), parse({"mode": "partial", "train_blocks": ["block.0"]}))
+    decouple.run("partial", job)
+    assert [g["initial_lr"] for g in calls[0]["trainer"].optimizer.param_groups] == [0.1, 0.1]
+
+
+def test_partial_names_the_valid_blocks_for_an_unknown_one() -> None:
+    job, calls = make_job(two_stage(), parse({"mode": "partial", "train_blocks": ["layer4.2"]}))
+    expected = (
+        "finetune.train_blocks: expected module names of TwoStageNet among stem, stem.0, stem.1, "
+        "stem.2, block, block.0, block.1, block.2, fc (or deeper, e.g. layer4.2.conv1); "
+        "got layer4.2"
+    )
+    with pytest.raises(ValueError) as err:
+        decouple.run("partial", job)
+    assert str(err.value) == expected and not calls
+    with pytest.raises(ConfigError, match=r"finetune.train_blocks: expected a non-empty list"):
+        parse({"mode": "partial"})
+
+
 # ------------------------------------------------------------------------------ the pipeline
 MODE_PARAMS = {
     "none": {"finetune": {"mode": "none"}},
@@ -422,6 +631,20 @@ MODE_PARAMS = {
     },
     "tau_norm": {"finetune": {"mode": "tau_norm", "tau_norm": [0, 0.5, 1]}},
     "lws": {"finetune": {"mode": "lws"}, "loss": {"name": "ce"}},
+    "crt_reference": {  # classifier-balancing's cRT: 4 images per class visit, BN in train mode
+        "finetune": {
+            "mode": "classifier",
+            "sampler": "class_balanced",
+            "samples_per_class": 4,
+            "backbone_bn": "train",
+            "augment": False,
+        },
+        "loss": {"name": "ce"},
+    },
+    "partial": {
+        "finetune": {"mode": "partial", "train_blocks": ["layer3.4"], "block_lr": 0.01},
+        "loss": {"name": "fbl"},
+    },
 }
 
 # Runs the stage scripts as `python -m stages.<name>` would (runpy), in one interpreter so that
@@ -487,10 +710,20 @@ def test_every_mode_runs_end_to_end(pipeline: Path, label: str) -> None:
     assert json.loads((pipeline / label / "finetune.json").read_text())["mode"] == mode
     pre, final = load_state(pipeline / "pretrain.pt"), load_state(pipeline / label / "final.pt")
     backbone = [k for k in pre if not k.startswith("fc.")]
-    unchanged = all(torch.equal(pre[k], final[k]) for k in backbone)
-    assert unchanged == (mode != "full")  # frozen modes: every parameter and buffer
-    fc_same = all(torch.equal(pre[k], final[k]) for k in ("fc.weight", "fc.bias"))
-    assert fc_same == (mode == "none" or (mode == "tau_norm" and _tau(pipeline, label) == 0))
+    trained = {"full": "", "partial": "layer3.4."}.get(mode)
+    frozen = [k for k in backbone if trained is None or not k.startswith(trained)]
+    # Frozen modes: every parameter and buffer; BN in train mode: the weights only.
+    buffers = label == "crt_reference"
+    frozen = [k for k in frozen if not (buffers and ("running_" in k or "num_batches" in k))]
+    assert bool(frozen) == (mode != "full")
+    assert all(torch.equal(pre[k], final[k]) for k in frozen)
+    moved = [k for k in backbone if k not in frozen]
+    assert all(not torch.equal(pre[k], final[k]) for k in moved if "num_batches" not in k)
+    assert bool(moved) == (trained is not None or buffers)
+    fc_weight_same = torch.equal(pre["fc.weight"], final["fc.weight"])
+    assert fc_weight_same == (mode == "none" or (mode == "tau_norm" and _tau(pipeline, label) == 0))
+    if mode == "tau_norm":  # scored without the bias (tau_norm_bias: false)
+        assert not final["fc.bias"].any()
 
 
 def _tau(pipeline: Path, label: str) -> float:

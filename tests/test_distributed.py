@@ -387,6 +387,31 @@ def test_ranks_share_the_single_process_order(name: str, world_size: int) -> Non
     assert torch.equal(torch.bincount(labels[union], minlength=6), torch.bincount(labels[single]))
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_share_the_order_of_four_images_per_class_visit(world_size: int) -> None:
+    """samples_per_class 4: rank r takes positions r, r + W, ... of the one global order, so the
+    ranks' step-k batches together are exactly the single process's step-k batch."""
+    counts = torch.tensor([40, 20, 10, 5, 0, 1])
+    labels = torch.repeat_interleave(torch.arange(6), counts)
+    options = samplers.stage_options("class_balanced", samples_per_class=4)
+
+    def build(rank: int, size: int) -> samplers.Sampler:
+        sampler = samplers.create(
+            "class_balanced", labels, seed=4, rank=rank, world_size=size, **options
+        )
+        sampler.set_epoch(5, 10)
+        return sampler
+
+    single = build(0, 1).indices()
+    visits = labels[single][:76].view(19, 4)
+    assert torch.equal(visits, visits[:, :1].expand(19, 4))  # 4 consecutive images per visit
+    batch = 12 * world_size  # the global batch; each rank takes 12 of it
+    shares = [build(rank, world_size).indices() for rank in range(world_size)]
+    for step, global_batch in enumerate(single.split(batch)):
+        parts = [share[step * 12 : (step + 1) * 12] for share in shares]
+        assert torch.equal(torch.cat(parts).sort().values, global_batch.sort().values)
+
+
 def test_per_rank_batch_and_padding() -> None:
     assert distributed.per_rank_batch(128, World(size=4), "pretrain.batch_size") == 32
     message = (

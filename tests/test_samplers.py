@@ -191,6 +191,35 @@ def test_class_balanced_takes_num_samples_cls_images_per_visit() -> None:
     assert torch.equal(first_cycles, torch.tensor([0, 1, 2, 3, 5]).expand(3, 5))
 
 
+def test_stage_option_samples_per_class_is_num_samples_cls() -> None:
+    assert samplers.stage_options("class_balanced", samples_per_class=4) == {"num_samples_cls": 4}
+    for name in ("instance", "sqrt", "progressive", "meta"):
+        assert samplers.stage_options(name, samples_per_class=1) == {}
+        with pytest.raises(ValueError, match=f"samples_per_class: expected 1 with sampler {name}"):
+            samplers.stage_options(name, samples_per_class=4)
+    with pytest.raises(ValueError, match="samples_per_class: expected an integer >= 1, got 0"):
+        samplers.stage_options("class_balanced", samples_per_class=0)
+
+
+def test_samples_per_class_is_checked_against_each_stage_sampler() -> None:
+    from longtail import config
+
+    def parse(section: str, values: dict) -> config.Config:
+        return config.parse({section: values})
+
+    assert parse("pretrain", {"sampler": "class_balanced", "samples_per_class": "4"})
+    assert parse("finetune", {"mode": "lws", "sampler": "instance", "samples_per_class": 4})
+    with pytest.raises(
+        config.ConfigError,
+        match=r"pretrain.samples_per_class: expected 1 with sampler instance .*; got 4",
+    ):
+        parse("pretrain", {"samples_per_class": 4})
+    with pytest.raises(config.ConfigError, match=r"finetune.samples_per_class: expected 1 with"):
+        parse("finetune", {"mode": "classifier", "sampler": "sqrt", "samples_per_class": 4})
+    with pytest.raises(config.ConfigError, match=r"finetune.samples_per_class: expected a number"):
+        parse("finetune", {"samples_per_class": 0})
+
+
 def test_class_without_samples_does_not_crash() -> None:
     labels = torch.tensor([0, 0, 0, 2])  # class 1 and 3 empty
     for name in ALL:
