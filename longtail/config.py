@@ -158,6 +158,8 @@ class FinetuneConfig:
     the classifier bias in ``tau_norm`` (the reference scores without it). ``partial``: only the
     modules named in ``train_blocks`` and the classifier are re-initialised and trained, the
     blocks at ``block_lr`` (None: ``lr``).
+    ``meta_source`` is the split the class-balanced meta batches come from: ``val`` (BALMS on
+    ImageNet-LT and Places-LT) or ``train`` (BALMS on CIFAR-LT); never ``test``.
     """
 
     TAU_SWEEP: typing.ClassVar[tuple[float, ...]] = tuple(i / 10 for i in range(21))
@@ -174,6 +176,7 @@ class FinetuneConfig:
     meta_lr: float = _check(0.01, gt=0)
     meta_init_pow: float = _check(0.0, ge=0)
     meta_batch_size: int | None = _check(None, gt=0)
+    meta_source: Literal["val", "train"] = "val"
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:

@@ -82,7 +82,7 @@ from torch import Tensor, nn
 
 from longtail.config import FinetuneConfig, LossConfig
 from longtail.data.base import Source
-from longtail.meta import MetaSampler, MetaSource
+from longtail.meta import MetaSampler, MetaSource, meta_set
 from longtail.metrics import confusion_matrix, summarize
 from longtail.train import FastPath
 
@@ -456,19 +456,20 @@ def classifier(job: Job) -> Outcome:
 
 
 def _meta_source(job: Job, trainer: Any) -> MetaSource:
-    """The BALMS meta step around the trainer's feature source, with ``val`` as the meta set."""
+    """The BALMS meta step around the trainer's feature source (meta set: ``meta_source``)."""
     log_counts = torch.tensor(job.train_counts, dtype=torch.float64).log().float()
     shift = log_counts if META_LOSSES[job.loss.name] else torch.zeros_like(log_counts)
     size = job.config.meta_batch_size or job.config.optim.batch_size
     return MetaSource(
         trainer.train_source,
-        trainer.val_source,
+        meta_set(job.config.meta_source, trainer),
         trainer.sampler,
         trainer.model,
         trainer.optimizer,
         shift=shift.to(job.device),
         meta_batch_size=size,
         world=trainer.world,
+        meta_split=job.config.meta_source,
     )
 
 

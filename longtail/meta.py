@@ -21,12 +21,19 @@ One training step of the classifier with the meta sampler (:class:`MetaSource` r
    per-image Balanced Softmax loss), with the learning rate, momentum buffer, weight decay and
    Nesterov flag of the classifier's own optimiser at that moment (what ``higher``'s
    differentiable SGD copies from it in the reference);
-3. score the stepped classifier with plain cross-entropy on a class-balanced meta batch of ``val``
-   (never ``test``) and update ``w`` with Adam (``lr = finetune.meta_lr``);
+3. score the stepped classifier with plain cross-entropy on a class-balanced meta batch of the meta
+   set (``finetune.meta_source``: ``val``, or ``train``; never ``test``) and update ``w`` with Adam
+   (``lr = finetune.meta_lr``);
 4. hand the batch to the training loop, which takes the ordinary classifier step on it.
 
-Differences from the reference, on purpose: the meta batch comes from ``val`` for every dataset (the
-reference takes CIFAR's from the training set); every batch is drawn from the current logits (the
+The meta set: the reference's ``main.py`` builds it from ``train`` for CIFAR and from ``val`` for
+ImageNet-LT and Places-LT (its CIFAR ``val`` is the test set); ``finetune.meta_source`` chooses
+(:data:`META_SOURCES`), and the BALMS CIFAR recipes use ``train``, with no val hold-out, so they
+train on the published 9,502 / 11,203 images of CIFAR-100/10-LT IF 200.
+
+Differences from the reference, on purpose: meta batches are unaugmented (the frozen-backbone
+features of the images), from ``train`` as from ``val`` (the reference loads its CIFAR meta set
+with the training phase's loader); every batch is drawn from the current logits (the
 reference's DataLoader prefetches batch indices a few steps ahead); class-balanced meta batches are
 drawn from the step's generator (each class ``floor`` or ``ceil(M / C)`` times, images uniform
 within a class) instead of an endless round-robin iterator, so resuming needs no iterator state.
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +63,7 @@ from longtail.distributed import World
 from longtail.samplers import Sampler, register
 
 __all__ = [
+    "META_SOURCES",
     "MetaSampler",
     "MetaSource",
     "balanced_batch",
@@ -64,6 +73,22 @@ __all__ = [
     "sgd_step",
     "straight_through_draw",
 ]
+
+
+# Where the meta batches come from (``finetune.meta_source``): a trainer's source by name.
+META_SOURCES: dict[str, Callable[[Any], Source]] = {
+    "val": lambda trainer: trainer.val_source,
+    "train": lambda trainer: trainer.train_source,
+}
+
+
+def meta_set(name: str, trainer: Any) -> Source:
+    """The meta set ``name`` of ``trainer`` (``val`` or ``train``; ``test`` is never one)."""
+    if name not in META_SOURCES:
+        raise ValueError(
+            f"finetune.meta_source: expected one of {', '.join(META_SOURCES)}; got {name!r}"
+        )
+    return META_SOURCES[name](trainer)
 
 
 # ------------------------------------------------------------------------------------- the math
@@ -363,7 +388,7 @@ class MetaSource:
 
     Args:
         train: source of the training images (or their features).
-        meta: source of the meta set; the finetune stage passes ``val``.
+        meta: source of the meta set (``finetune.meta_source``: ``val`` or ``train``).
         sampler: the meta sampler of the run.
         head: the classifier the loop trains, ``head(x) -> (logits, features)``.
         optimizer: the loop's optimiser of ``head`` (its current lr, momentum buffers, weight
@@ -371,6 +396,7 @@ class MetaSource:
         shift: (C,) added to the logits of the inner loss (``log n_c``: Balanced Softmax; 0: CE).
         meta_batch_size: images per meta batch, over all ranks (each draws ``M / world_size``).
         world: the processes training together (one by default); ``sampler`` is built for it.
+        meta_split: the name of the meta set's split, for messages.
     """
 
     def __init__(
@@ -384,6 +410,7 @@ class MetaSource:
         shift: Tensor,
         meta_batch_size: int,
         world: World | None = None,
+        meta_split: str = "val",
     ) -> None:
         world = world or World()
         if (sampler.rank, sampler.world_size) != (world.rank, world.size):
@@ -402,9 +429,14 @@ class MetaSource:
                 f"(>= {world.size}), got {meta_batch_size}"
             )
         if len(meta) == 0:
+            hint = (
+                "set data.val_per_class > 0, or finetune.meta_source: train"
+                if meta_split == "val"
+                else "the training split is empty"
+            )
             raise ValueError(
-                "sampler meta: expected a non-empty val split for the meta set "
-                "(set data.val_per_class > 0), got 0 samples"
+                f"sampler meta: expected a non-empty {meta_split} split for the meta set "
+                f"(finetune.meta_source: {meta_split}; {hint}), got 0 samples"
             )
         self.train, self.meta, self.sampler = train, meta, sampler
         self.head, self.optimizer = head, optimizer

@@ -77,6 +77,27 @@ def context(cfg: Config, device: torch.device) -> SourceContext:
     )
 
 
+def val_needed_by(cfg: Config) -> list[str]:
+    """The params of ``cfg`` that need a non-empty ``val`` split, as ``key: value`` strings.
+
+    CDB-CE's difficulties (as ``pretrain.loss`` or as the finetune ``loss``), the BALMS meta set
+    with ``finetune.meta_source: val``, and a τ-norm sweep score on ``val``.
+    """
+    from longtail.losses import LOSSES
+
+    ft = cfg.finetune
+    needs = []
+    if LOSSES[cfg.pretrain.loss.name].requires_val:
+        needs.append(f"pretrain.loss.name: {cfg.pretrain.loss.name}")
+    if ft.mode in ("full", "classifier") and LOSSES[cfg.loss.name].requires_val:
+        needs.append(f"loss.name: {cfg.loss.name}")
+    if ft.mode == "classifier" and ft.sampler == "meta" and ft.meta_source == "val":
+        needs.append("finetune.meta_source: val")
+    if ft.mode == "tau_norm" and len(ft.tau_candidates()) > 1:
+        needs.append(f"finetune.tau_norm: {ft.tau_norm}")
+    return needs
+
+
 def family(cfg: Config) -> Family:
     return data.get(cfg.data.name)
 

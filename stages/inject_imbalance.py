@@ -6,6 +6,7 @@ training ``seed``, so ``dvc exp run -S seed=1`` does not rerun this stage. Run:
 ``python -m stages.inject_imbalance``.
 """
 
+from longtail.config import Config
 from longtail.data.base import class_counts
 from longtail.io import atomic_dir
 from longtail.pipeline import run_stage
@@ -17,6 +18,7 @@ def main() -> None:
     family = common.family(cfg)
     with atomic_dir(common.PREPARED) as tmp:
         family.prepare(cfg.data, cfg.data.seed, common.raw_dir(cfg), tmp)
+        check_val(cfg, sum(class_counts(tmp, "val")))  # fail here, not after pretraining
     counts = {s: class_counts(common.PREPARED, s) for s in ("train", "val", "test")}
     train = counts["train"]
     print(
@@ -24,6 +26,18 @@ def main() -> None:
         f"(max {max(train)}, min {min(train)}), val {sum(counts['val'])}, "
         f"test {sum(counts['test'])}"
     )
+
+
+def check_val(cfg: Config, val_size: int) -> None:
+    """Refuse an empty val split when a param needs one (see ``common.val_needed_by``)."""
+    needs = common.val_needed_by(cfg)
+    if needs and val_size == 0:
+        raise ValueError(
+            f"data.val_per_class: {', '.join(needs)} needs a val split; {cfg.data.name} has none "
+            f"at data.val_per_class {cfg.data.val_per_class}: expected data.val_per_class > 0 "
+            f"(CDB-CE: 25 with data.subset: cdb), or a loss and finetune mode that need no val "
+            f"(BALMS on CIFAR: finetune.meta_source: train)"
+        )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def key_of(override: str) -> str:
 
 def check_needs(config: Config) -> None:
     """What the config layer cannot see: CDB-CE and the BALMS meta sampler need a val split."""
-    uses_val = config.pretrain.loss.name == "cdb_ce" or config.finetune.sampler == "meta"
+    meta_on_val = config.finetune.sampler == "meta" and config.finetune.meta_source == "val"
+    uses_val = config.pretrain.loss.name == "cdb_ce" or meta_on_val
     uses_val |= config.finetune.mode != "none" and config.loss.name == "cdb_ce"
     if uses_val and config.data.name in VAL_DATASETS:
         assert config.data.val_per_class, "CDB-CE / the meta sampler need data.val_per_class > 0"
