@@ -89,7 +89,7 @@ def val_needed_by(cfg: Config) -> list[str]:
     needs = []
     if LOSSES[cfg.pretrain.loss.name].requires_val:
         needs.append(f"pretrain.loss.name: {cfg.pretrain.loss.name}")
-    if ft.mode in ("full", "classifier") and LOSSES[cfg.loss.name].requires_val:
+    if ft.mode not in ("none", "tau_norm") and LOSSES[cfg.loss.name].requires_val:
         needs.append(f"loss.name: {cfg.loss.name}")
     if ft.mode == "classifier" and ft.sampler == "meta" and ft.meta_source == "val":
         needs.append("finetune.meta_source: val")
