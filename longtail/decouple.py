@@ -377,8 +377,7 @@ def _unaugmented_setup(job: Job) -> Callable[[Any], None]:
 def _frozen_backbone(job: Job) -> nn.Module:
     """Put the whole network on the device, frozen and in eval mode; returns it."""
     model = job.model.to(job.device)
-    if job.fast.channels_last:
-        model.to(memory_format=torch.channels_last)
+    job.fast.prepare_model(model)
     freeze(model)
     return model
 

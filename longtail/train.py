@@ -116,6 +116,17 @@ class FastPath:
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
+    def prepare_model(self, model: nn.Module) -> None:
+        """channels_last weights: the 2-D format for image networks, the 3-D one for video.
+
+        ``Module.to(memory_format=channels_last)`` refuses 5-D convolution weights, so a network
+        with any (the 3D ResNets) takes ``channels_last_3d``.
+        """
+        if not self.channels_last:
+            return
+        video = any(p.dim() == 5 for p in model.parameters())
+        model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
+
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
@@ -338,8 +349,7 @@ class Trainer:
         self.fast = FastPath.resolve(self.train_cfg, self.device)
         self.model.to(self.device)
         self.loss.to(self.device)
-        if self.fast.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.fast.prepare_model(self.model)
         params = self.params if self.params is not None else list(self.model.parameters())
         self.optimizer = build_optimizer(params, self.optim, self.device)
         self.batch_size = distributed.per_rank_batch(

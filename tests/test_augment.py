@@ -209,6 +209,7 @@ def test_bad_inputs_are_refused() -> None:
         normalize(images.float(), [0.5] * 3, [0.5] * 3)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batch_stays_on_the_device_and_is_exact() -> None:
     images = random_images((8, 3, 8, 8)).cuda()
