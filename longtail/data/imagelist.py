@@ -6,10 +6,29 @@ Sources. The user provides ``data.root`` (the image folder) and list files in th
 ``data.lists.*`` mean the published names under the root: ``ImageNet_LT_{train,val,test}.txt``,
 ``Places_LT_{train,val,test}.txt``, ``iNaturalist18_{train,val}.txt``. iNaturalist 2018 has no
 public test labels, so, as classifier-balancing and the papers that report on it do, its official
-val list is the ``test`` split; a ``val`` split for model selection then exists only if
-``data.val_per_class`` carves a balanced one off the training list (seeded), otherwise
-``dataset.json`` says ``has_val: false``. ``download`` copies no images: it checks that every
-listed image exists and pins the list files (and their md5s) in ``data/raw/<name>``.
+val list is the ``test`` split. ``download`` copies no images: it checks that every listed image
+exists and pins the list files (and their md5s) in ``data/raw/<name>``.
+
+Checks (``prepare``, i.e. ``inject_imbalance``, before any training): the train, val and test
+lists share no image (paths resolved under the root, symlinks followed; the message names both
+lists, the number shared and a few paths), so a val list that is really the test list cannot send
+test into CDB-CE's weights, the τ sweep or the BALMS meta set; every label is below the published
+class count (1,000 / 365 / 8,142; the message names the list); every class has training images
+(else the message says which lists the class appears in, or that it appears in none). The class
+count is the published one when the lists have the published line counts (ImageNet-LT 115,846 /
+20,000 / 50,000, Places-LT 62,500 / 7,300 / 36,500, iNaturalist 2018 437,513 train and 24,426 in
+the official val list), else the largest label of any list + 1. Whether they match is printed and
+kept in ``dataset.json`` (``published_lists``).
+
+A val split on iNaturalist 2018. CDB-CE's difficulties, a τ-norm sweep and a val-sourced BALMS meta
+set need one, and iNaturalist 2018 publishes none. ``data.val_per_class: k`` carves k images of
+every class off the training list (seeded by ``data.seed``); the cost is k × 8,142 training
+images (1.9 % of them at k = 1) and, in the tail, half of a two-image class. Its smallest classes
+have 2 training images, so k = 1 is the most a carve allows; a carve that would leave a class
+without training images is refused. BALMS can instead take its meta set from train
+(``finetune.meta_source: train``), at no cost to training. The original BALMS ``main.py`` takes
+its meta set from ``val`` there, which for iNaturalist 2018 is the official val list, i.e. the
+test set; that is not reproduced.
 
 Generated split. With no list files but a balanced ``root/<class>/<image>`` folder, ``download``
 builds an LT split with OLTR's protocol: per-class training counts follow a Pareto distribution
@@ -42,11 +61,14 @@ through ``model.weights`` (the training stage loads it).
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,6 +103,8 @@ class Spec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     color_jitter: bool
+    classes: int = 0  # published class count
+    lines: dict[str, int] | None = None  # split -> line count of the published list file
 
 
 SPECS = {
@@ -93,6 +117,8 @@ SPECS = {
             IMAGENET_MEAN,
             IMAGENET_STD,
             color_jitter=True,
+            classes=1000,
+            lines={"train": 115_846, "val": 20_000, "test": 50_000},
         ),
         Spec(
             "places_lt",
@@ -101,6 +127,8 @@ SPECS = {
             IMAGENET_MEAN,
             IMAGENET_STD,
             color_jitter=True,
+            classes=365,
+            lines={"train": 62_500, "val": 7_300, "test": 36_500},
         ),
         Spec(
             "inat2018",
@@ -109,6 +137,8 @@ SPECS = {
             INAT_MEAN,
             INAT_STD,
             color_jitter=False,
+            classes=8_142,
+            lines={"train": 437_513, "test": 24_426},  # test: the official iNaturalist18_val.txt
         ),
     )
 }
@@ -359,17 +389,25 @@ def _generate(cfg: DataConfig, spec: Spec, root: Path, raw_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- prepare
 def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
-    """Manifests (``path``, ``label``) of the pinned lists; a seeded val carve-out if asked for."""
+    """Manifests (``path``, ``label``) of the pinned lists; a seeded val carve-out if asked for.
+
+    The lists must be disjoint (resolved paths), every label in range and every class trained;
+    whether they are the published lists (their line counts) is logged and kept in
+    ``dataset.json``.
+    """
     spec = SPECS[cfg.name]
     source = base.read_json(raw_dir / "source.json")
     if source["mode"] == "lists":
         _check_val_source(cfg, source["splits"]["val"])
     frames = {s: _frame(parse_list(raw_dir / f) if f else []) for s, f in source["splits"].items()}
+    names = {s: source["lists"].get(s, {}).get("file", f"{s}.txt") for s in base.SPLITS}
+    check_disjoint(frames, Path(source["root"]), names)
+    published = published_lines(spec, frames) if source["mode"] == "lists" else None
+    num_classes = _num_classes(spec, frames, names, published)
     if source["splits"]["val"] is None and cfg.val_per_class:
         frames["train"], frames["val"] = _carve_val(frames["train"], cfg.val_per_class, seed)
-    num_classes = max(int(f["label"].max()) + 1 for f in frames.values() if len(f))
-    _check_classes(frames, num_classes)
-    names = source.get("classes") or class_names(frames["train"], num_classes)
+    _check_classes(frames, num_classes, names)
+    class_list = source.get("classes") or class_names(frames["train"], num_classes)
     info = {
         "kind": "image",
         "in_channels": 3,
@@ -379,8 +417,19 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "image_size": cfg.image_size or DEFAULT_IMAGE_SIZE,
         "color_jitter": spec.color_jitter,
         "has_val": len(frames["val"]) > 0,
+        "val_source": _val_source(source, cfg),
+        "published_lists": published,
+        "data_seed": seed,
     }
-    base.write_prepared(out_dir, frames, names, info)
+    if published is not None:
+        print(published["summary"])
+    base.write_prepared(out_dir, frames, class_list, info)
+
+
+def _val_source(source: dict, cfg: DataConfig) -> str:
+    if source["splits"]["val"] is not None:
+        return "list" if source["mode"] == "lists" else "generated"
+    return f"carved off train ({cfg.val_per_class} per class)" if cfg.val_per_class else "none"
 
 
 def _frame(rows: Sequence[tuple[str, int]]) -> pd.DataFrame:
@@ -396,14 +445,69 @@ def _frame(rows: Sequence[tuple[str, int]]) -> pd.DataFrame:
     )
 
 
+def check_disjoint(frames: dict[str, pd.DataFrame], root: Path, names: dict[str, str]) -> None:
+    """Refuse splits that share an image (paths resolved under ``root``, symlinks followed).
+
+    A val list that is really the test list would send test into model selection (CDB-CE's
+    weights, the τ sweep, the BALMS meta set); this stops it before any training.
+    """
+    resolved = {
+        split: {os.path.realpath(os.path.join(root, p)): p for p in frame["path"]}
+        for split, frame in frames.items()
+    }
+    for a, b in itertools.combinations(base.SPLITS, 2):
+        shared = sorted(resolved[a].keys() & resolved[b].keys())
+        if shared:
+            shown = ", ".join(resolved[a][p] for p in shared[:MISSING_SHOWN])
+            raise ValueError(
+                f"data.lists: expected disjoint train, val and test lists; the {a} list {names[a]} "
+                f"and the {b} list {names[b]} share {len(shared)} images (e.g. {shown})"
+            )
+
+
+def published_lines(spec: Spec, frames: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
+    """Whether the lists have the published line counts of ``spec``'s dataset (None: unknown)."""
+    if spec.lines is None:
+        return None
+    lines = {s: {"given": len(frames[s]), "published": n} for s, n in spec.lines.items()}
+    match = all(v["given"] == v["published"] for v in lines.values())
+    counts = ", ".join(
+        f"{s} {v['given']:,} (published {v['published']:,})" for s, v in lines.items()
+    )
+    verdict = "match" if match else "do NOT match"
+    return {
+        "match": match,
+        "lines": lines,
+        "summary": f"{spec.name}: the lists {verdict} the published line counts: {counts}",
+    }
+
+
+def _num_classes(
+    spec: Spec, frames: dict[str, pd.DataFrame], names: dict[str, str], published: dict | None
+) -> int:
+    """Classes from every list, or the published count for the published lists."""
+    known = spec.classes or None
+    for split, frame in frames.items():
+        if known is not None and len(frame) and int(frame["label"].max()) >= known:
+            bad = frame[frame["label"] >= known].iloc[0]
+            raise ValueError(
+                f"{names[split]}: label {int(bad['label'])} of {bad['path']} is out of range: "
+                f"expected 0..{known - 1} ({spec.name} has {known} classes)"
+            )
+    observed = max(int(f["label"].max()) + 1 for f in frames.values() if len(f))
+    return known if published is not None and published["match"] else observed
+
+
 def _carve_val(train: pd.DataFrame, per_class: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold ``per_class`` images of every class out of ``train`` (seeded) as a balanced val set."""
     labels = train["label"].to_numpy()
-    smallest = int(np.bincount(labels).min())
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
     if per_class >= smallest:
         raise ValueError(
-            f"data.val_per_class: the smallest class has {smallest} training images; "
-            f"expected fewer than that, got {per_class}"
+            f"data.val_per_class: the smallest class has {smallest} training images; a carve of "
+            f"{per_class} would leave class {int(np.flatnonzero(counts == smallest)[0])} with "
+            f"none: expected fewer than {smallest}, got {per_class}"
         )
     val, rest = hold_out_per_class(labels, per_class, np.random.default_rng(seed))
     parts = [train.iloc[idx].reset_index(drop=True) for idx in (rest, val)]
@@ -412,13 +516,18 @@ def _carve_val(train: pd.DataFrame, per_class: int, seed: int) -> tuple[pd.DataF
     return parts[0], parts[1]
 
 
-def _check_classes(frames: dict[str, pd.DataFrame], num_classes: int) -> None:
+def _check_classes(
+    frames: dict[str, pd.DataFrame], num_classes: int, names: dict[str, str]
+) -> None:
+    """Every class has training images; a class missing from train says where it does appear."""
     counts = np.bincount(frames["train"]["label"], minlength=num_classes)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
+        where = [names[s] for s in ("val", "test") if frames[s]["label"].isin(empty[:10]).any()]
+        seen = f"they appear only in {', '.join(where)}" if where else "they appear in no list"
         raise ValueError(
-            f"train list: expected every class 0..{num_classes - 1} to have training "
-            f"images; classes {empty[:10].tolist()} have none"
+            f"{names['train']}: expected every class 0..{num_classes - 1} to have training "
+            f"images; classes {empty[:10].tolist()} have none ({seen})"
         )
 
 
