@@ -12,6 +12,12 @@ time (only rank 0 writes outputs), which is what makes that clean-up safe.
 
 Temporary files and directories are created with the process's umask, like an ordinary ``open``,
 so outputs are not made private the way ``tempfile.mkstemp`` would make them.
+
+Every torch file is read through :func:`load_torch`, with ``weights_only=True``: PyTorch's
+restricted unpickler, which builds tensors, numbers, strings, lists, tuples and dicts and refuses
+any other object, so a crafted file (from a DVC remote, a shared drive, a download) cannot run
+code when a stage opens it. The pipeline writes only such values (RNG states included, see
+``longtail.train.rng_state``). A refused file is never retried with ``weights_only=False``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import glob
 import hashlib
 import json
 import os
+import pickle
 import re
 import secrets
 import shutil
@@ -34,6 +41,10 @@ import torch
 
 class ChecksumError(ValueError):
     """A file's md5 differs from the expected one."""
+
+
+class UnsafeFileError(ValueError):
+    """A torch file holds something other than tensors and plain values; it was not loaded."""
 
 
 # ----------------------------------------------------------------------------- temporary siblings
@@ -174,6 +185,46 @@ def save_torch(obj: Any, path: str | Path) -> None:
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+def load_torch(path: str | Path, remedy: str) -> Any:
+    """Read a torch file with ``weights_only=True`` (tensors and plain values only), on the CPU.
+
+    Args:
+        path: the file.
+        remedy: what the user should do with a refused file (the message ends with it).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeFileError: the file asks for an object that PyTorch's restricted unpickler does not
+            build (a class or function to call: what a crafted pickle uses to run code, and what
+            an older file of NumPy arrays holds). The message names the file, the refused global
+            and ``remedy``. It is never retried with ``weights_only=False``.
+        pickle.UnpicklingError: bytes that are no pickle the restricted unpickler reads (a
+            truncated or foreign file), with a short message naming the file.
+        RuntimeError: a damaged archive (a truncated copy), as ``torch.load`` raises it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _refusal_reason(err)
+        if "GLOBAL" not in reason:
+            raise pickle.UnpicklingError(f"{path}: {reason}") from None
+        raise UnsafeFileError(
+            f"{path} was refused: expected only tensors, numbers, strings, lists and dicts (a "
+            f"weights-only load), got {reason}. It was not loaded, because unpickling other "
+            f"objects can run arbitrary code. {remedy}"
+        ) from None
+
+
+def _refusal_reason(err: pickle.UnpicklingError) -> str:
+    """What PyTorch's message says was refused (without its advice to allow or retry it)."""
+    text = str(err)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"GLOBAL {found.group(1)} (a class or function that unpickling would call)"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return f"unsupported pickle opcode {found.group(1)}"
+    return "content that is no weights-only torch file"
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:

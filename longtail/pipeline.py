@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from longtail import io, nets
@@ -111,20 +110,52 @@ def save_model(
     )
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model written by :func:`save_model`; returns ``(model, the file's dict)``."""
+def load_model(path: Path, writer: str = "<the stage that writes it>") -> tuple[nn.Module, dict]:
+    """Rebuild a model written by :func:`save_model`; returns ``(model, the file's dict)``.
+
+    The file is read with ``weights_only=True`` (:func:`longtail.io.load_torch`): a file from a
+    remote or a copy that holds anything but tensors and plain values is refused, never run.
+
+    Args:
+        path: the model file.
+        writer: the stage that writes it, named in the messages (``dvc repro --force <writer>``).
+
+    Raises:
+        FileNotFoundError: ``path`` is missing.
+        UnsafeFileError: the file holds other objects (it is not loaded).
+        ValueError: the file is truncated or not a model file.
+    """
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # written atomically here, so only a foreign copy can be broken
-        raise ValueError(
-            f"{path} is not a readable model file ({type(err).__name__}); rewrite it with "
-            "dvc repro --force <the stage that writes it>, or dvc checkout it"
-        ) from err
+    rewrite = f"dvc repro --force {writer}"
+    blob = _read_model_file(path, rewrite)
     model = nets.create(blob["arch"], blob["num_classes"], in_channels=blob["in_channels"])
     model.load_state_dict(blob["state_dict"])
     return model, blob
+
+
+def _read_model_file(path: Path, rewrite: str) -> dict[str, Any]:
+    remedy = (
+        f"Delete it and rewrite it with {rewrite}, or dvc checkout it from a remote you trust; "
+        "a model file written by an older version of longtail is rewritten the same way."
+    )
+    try:
+        blob = io.load_torch(path, remedy)
+    except io.UnsafeFileError:
+        raise
+    except Exception as err:  # written atomically here, so only a foreign copy can be broken
+        raise ValueError(
+            f"{path} is not a readable model file ({type(err).__name__}); rewrite it with "
+            f"{rewrite}, or dvc checkout it"
+        ) from err
+    keys = ("arch", "num_classes", "in_channels", "state_dict")
+    if not isinstance(blob, dict) or any(k not in blob for k in keys):
+        got = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(
+            f"{path} is not a readable model file: expected a dict with keys {list(keys)}, got "
+            f"{got}; rewrite it with {rewrite}, or dvc checkout it"
+        )
+    return blob
 
 
 class EpochLogger:

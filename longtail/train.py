@@ -19,7 +19,10 @@ stopped: on the CPU it ends bit for bit where an uninterrupted run ends. Nothing
 epochs in random state: the order and the augmentation of epoch ``e`` are pure functions of
 ``(seed, e)``. A rerun resumes only when the checkpoint's signature (a hash of the stage's params,
 its code and its inputs, computed by the caller) matches, and otherwise says so and starts fresh.
-An unreadable (truncated, foreign) checkpoint is never loaded.
+An unreadable (truncated, foreign) checkpoint is never loaded. A checkpoint holds only tensors,
+numbers, strings, lists and dicts and is read with ``weights_only=True``; one that holds anything
+else (a tampered file, or one from an older version) stops the stage with a message, and is left
+for the user to delete.
 
 Several processes (:mod:`longtail.distributed`, started by torchrun). The loop is the same on every
 rank: ``optim.batch_size`` is the global batch, each rank takes its share of it from its padded
@@ -196,8 +199,10 @@ class Checkpointer:
         """The stored state if it is readable and has this signature, else None (and says why)."""
         if not self.path.exists():
             return None
-        try:  # the pipeline's own file (RNG states are pickled objects, not only tensors)
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        try:  # weights_only: a checkpoint holds tensors and plain values, never code
+            state = io.load_torch(self.path, self._remedy())
+        except io.UnsafeFileError:
+            raise  # a tampered or outdated file: the user decides, it is not overwritten
         except Exception as err:  # a truncated or foreign file: never resume from it
             self.log(
                 f"checkpoint {self.path} is unreadable ({type(err).__name__}: "
@@ -216,6 +221,12 @@ class Checkpointer:
             return None
         return state
 
+    def _remedy(self) -> str:
+        return (
+            f"Delete it (rm {self.path}) to train from the first epoch, or put back a checkpoint "
+            "you trust; one written by an older version of longtail is deleted the same way."
+        )
+
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` with the signature, atomically (temp file, fsync, rename)."""
         io.save_torch({**state, "signature": self.signature, "meta": self.meta}, self.path)
@@ -225,10 +236,24 @@ class Checkpointer:
 
 
 def rng_state() -> dict[str, Any]:
-    """Global RNG states (Python, NumPy, torch CPU and CUDA)."""
+    """Global RNG states (Python, NumPy, torch CPU and CUDA) as tensors, numbers and lists.
+
+    Plain values so that a checkpoint loads with ``weights_only=True``: Python's state tuple as a
+    list, NumPy's legacy MT19937 state as its dict form with the key as an int64 tensor.
+    """
+    version, internal, gauss_next = random.getstate()
+    numpy = np.random.get_state(legacy=False)  # {"bit_generator", "state": {key, pos}, ...}
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss_next],
+        "numpy": {
+            "bit_generator": numpy["bit_generator"],
+            "state": {
+                "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),  # (624,)
+                "pos": int(numpy["state"]["pos"]),
+            },
+            "has_gauss": int(numpy["has_gauss"]),
+            "gauss": float(numpy["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -238,8 +263,18 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy = state["numpy"]
+    np.random.set_state(
+        {
+            **numpy,
+            "state": {
+                "key": numpy["state"]["key"].numpy().astype(np.uint32),
+                "pos": numpy["state"]["pos"],
+            },
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -444,8 +479,16 @@ class Trainer:
         """
         if self.checkpointer is None:
             return False
-        state = self.checkpointer.load() if self.world.is_main else None
-        state = self.world.broadcast_object(state)  # the other nodes need no copy of the file
+        state, refused = None, None
+        if self.world.is_main:
+            try:
+                state = self.checkpointer.load()
+            except io.UnsafeFileError as err:
+                refused = str(err)
+        # The other nodes need no copy of the file; they learn of a refusal instead of waiting.
+        state, refused = self.world.broadcast_object((state, refused))
+        if refused is not None:
+            raise io.UnsafeFileError(refused)
         if state is None:
             return False
         self.load_state_dict(state)

@@ -20,7 +20,7 @@ def main() -> None:
     cfg = common.config()
     device = resolve_device(cfg.device)
     set_determinism(cfg.determinism, device)
-    model, blob = load_model(common.MODELS / "final.pt")
+    model, blob = load_model(common.MODELS / "final.pt", writer="finetune")
     model.to(device)
     test = common.family(cfg).open(common.context(cfg, device), "test")
     fast = FastPath.resolve(cfg.train, device)

@@ -25,7 +25,7 @@ def main() -> None:
     cfg = common.config()
     device, world = common.start(cfg)
     source = common.MODELS / "pretrain.pt"
-    model, blob = load_model(source)
+    model, blob = load_model(source, writer="pretrain")
     classes = read_json(common.PREPARED / "class_counts.json")
     ctx = common.context(cfg, device)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from longtail import io
 from longtail.nets.resnet import resnet10, resnet50, resnet152, resnext50
 from longtail.nets.resnet3d import resnet3d_small, resnext101_3d
 from longtail.nets.resnet_cifar import resnet32
@@ -141,12 +142,14 @@ def _strip_prefixes(key: str) -> str:
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read ``path`` and return its tensors with wrapper prefixes removed."""
+    remedy = (
+        "Point model.weights at a plain state dict; to convert a checkpoint you trust, load it "
+        "outside the pipeline and save its tensors with torch.save(state_dict, path)."
+    )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = io.load_torch(path, remedy)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: expected a checkpoint of tensors and plain values: {err}"
-        ) from err
+        raise ValueError(f"{err}: expected a checkpoint of tensors and plain values") from err
     for container in ("state_dict", "model"):  # Hara / classifier-balancing, this project
         if isinstance(obj, Mapping) and isinstance(obj.get(container), Mapping):
             obj = obj[container]
