@@ -92,6 +92,7 @@ class DataConfig:
     val_per_class: int | None = _check(None, ge=0)
     test_per_class: int | None = _check(None, gt=0)
     lists: ListsConfig = field(default_factory=ListsConfig)
+    test_root: str | None = None
     pareto_alpha: float = _check(6.0, gt=0)
     image_size: int | None = _check(None, gt=0)
     workers: int = _check(2, ge=0)

@@ -339,7 +339,9 @@ def generated(tmp_path: Path, run: str) -> tuple[Path, Path, DataConfig]:
 
 def test_generated_split_round_trips(tmp_path: Path) -> None:
     _, raw, cfg = generated(tmp_path, "a")
-    counts = imagelist.pareto_counts(6, alpha=6, n_max=7, n_min=1, seed=cfg.seed)
+    ranked = imagelist.pareto_counts(6, alpha=6, n_max=7, n_min=1, seed=cfg.seed)
+    counts = imagelist.assign_counts(ranked, cfg.seed)
+    assert sorted(counts, reverse=True) == ranked
     rows = {s: imagelist.parse_list(raw / f"{s}.txt") for s in ("train", "val", "test")}
     assert np.bincount([label for _, label in rows["train"]]).tolist() == counts
     assert np.bincount([label for _, label in rows["val"]]).tolist() == [1] * 6

@@ -32,15 +32,21 @@ test set; that is not reproduced.
 
 Generated split. With no list files but a balanced ``root/<class>/<image>`` folder, ``download``
 builds an LT split with OLTR's protocol: per-class training counts follow a Pareto distribution
-with shape α = ``data.pareto_alpha`` (6), from ``data.n_max`` (1,280) down to ``data.n_min`` (5) —
+with shape α = ``data.pareto_alpha`` (6), from ``data.n_max`` down to ``data.n_min`` —
 :func:`pareto_counts` draws one Pareto value per class, sorts them and maps them affinely onto
-[n_min, n_max], so the largest class has exactly n_max images and the smallest n_min. Class 0 (in
-sorted folder order) is the largest. Evidence that this matches the published split: for 1,000
-classes the median over 200 seeds is 110K training images, 367 classes with more than 100 and 152
-with fewer than 20, against ImageNet-LT's 115.8K, 385 and 136. A balanced test set
-(``data.test_per_class``, 50) and val set (``data.val_per_class``, 20) are taken from each class
-first, as in ImageNet-LT. The split is part of the dataset, not of an experiment: it is drawn with
-``data.seed`` (never the training seed) and written as list files into ``data/raw/<name>``.
+[n_min, n_max], so the largest class has exactly n_max images and the smallest n_min — and
+:func:`assign_counts` gives these counts to the classes in a seeded random order, so the head is
+not simply the first folders. Defaults per family, from the published splits (``n_max → n_min``,
+val and test per class): ImageNet-LT 1,280 → 5, 20, 50; Places-LT 4,980 → 5, 20, 100; iNaturalist
+2018 1,000 → 2, no val, 3. Evidence that this matches the published split: for 1,000 classes the
+median over 200 seeds is 110K training images, 367 classes with more than 100 and 152 with fewer
+than 20, against ImageNet-LT's 115.8K, 385 and 136. The balanced test (``data.test_per_class``) and
+val (``data.val_per_class``) images are taken from each class first; or, with ``data.test_root``, a
+second balanced folder with the same classes, the test set is that folder (all of it, or
+``data.test_per_class`` per class), as ImageNet-LT tests on ImageNet's val set. The split is part of
+the dataset, not of an experiment: it is drawn with ``data.seed`` (never the training seed),
+written as list files into ``data/raw/<name>``, and its totals and many/medium/few-shot class
+counts (> 100, 20-100, < 20 training images) are printed.
 
 Loading (``open``): a ``DataLoader`` with ``data.workers`` processes reads the files in the order
 the training loop gives, decodes them with ``torchvision.io.decode_image`` (no PIL) and applies the
@@ -86,8 +92,7 @@ from longtail.data.imbalance import hold_out_per_class
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)  # classifier-balancing's
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-DEFAULT_N_MAX, DEFAULT_N_MIN = 1280, 5  # OLTR's ImageNet-LT range
-DEFAULT_VAL_PER_CLASS, DEFAULT_TEST_PER_CLASS = 20, 50  # ImageNet-LT's balanced val and test
+MANY_SHOT, FEW_SHOT = 100, 20  # OLTR's many (> 100 train images) and few (< 20) shot classes
 DEFAULT_IMAGE_SIZE = 224
 JITTER = 0.4  # brightness, contrast and saturation of ColorJitter; hue 0
 MISSING_SHOWN = 5
@@ -105,6 +110,8 @@ class Spec:
     color_jitter: bool
     classes: int = 0  # published class count
     lines: dict[str, int] | None = None  # split -> line count of the published list file
+    # A generated split: n_max, n_min, val and test images per class of the published one.
+    generated: tuple[int, int, int, int] = (1280, 5, 20, 50)
 
 
 SPECS = {
@@ -119,6 +126,7 @@ SPECS = {
             color_jitter=True,
             classes=1000,
             lines={"train": 115_846, "val": 20_000, "test": 50_000},
+            generated=(1280, 5, 20, 50),
         ),
         Spec(
             "places_lt",
@@ -129,6 +137,7 @@ SPECS = {
             color_jitter=True,
             classes=365,
             lines={"train": 62_500, "val": 7_300, "test": 36_500},
+            generated=(4980, 5, 20, 100),
         ),
         Spec(
             "inat2018",
@@ -139,6 +148,7 @@ SPECS = {
             color_jitter=False,
             classes=8_142,
             lines={"train": 437_513, "test": 24_426},  # test: the official iNaturalist18_val.txt
+            generated=(1000, 2, 0, 3),
         ),
     )
 }
@@ -340,32 +350,34 @@ def _pin_lists(cfg: DataConfig, root: Path, files: dict[str, Path | None], raw_d
 
 def _generate(cfg: DataConfig, spec: Spec, root: Path, raw_dir: Path) -> None:
     classes, paths = _class_folders(root, spec)
+    test_root = Path(cfg.test_root) if cfg.test_root is not None else None
+    n_max, n_min, val_pc, test_pc = spec.generated
     protocol = {
         "pareto_alpha": cfg.pareto_alpha,
-        "n_max": cfg.n_max if cfg.n_max is not None else DEFAULT_N_MAX,
-        "n_min": cfg.n_min if cfg.n_min is not None else DEFAULT_N_MIN,
-        "val_per_class": (
-            cfg.val_per_class if cfg.val_per_class is not None else DEFAULT_VAL_PER_CLASS
-        ),
-        "test_per_class": (
-            cfg.test_per_class if cfg.test_per_class is not None else DEFAULT_TEST_PER_CLASS
-        ),
+        "n_max": cfg.n_max if cfg.n_max is not None else n_max,
+        "n_min": cfg.n_min if cfg.n_min is not None else n_min,
+        "val_per_class": cfg.val_per_class if cfg.val_per_class is not None else val_pc,
+        "test_per_class": cfg.test_per_class if cfg.test_per_class is not None else test_pc,
+        "test_root": str(test_root) if test_root is not None else None,
         "seed": cfg.seed,
     }
-    counts = pareto_counts(
+    ranked = pareto_counts(
         len(classes),
         alpha=protocol["pareto_alpha"],
         n_max=protocol["n_max"],
         n_min=protocol["n_min"],
         seed=cfg.seed,
     )
+    counts = assign_counts(ranked, cfg.seed)
     splits = split_balanced_folder(
         paths,
         counts,
         val_per_class=protocol["val_per_class"],
-        test_per_class=protocol["test_per_class"],
+        test_per_class=0 if test_root is not None else protocol["test_per_class"],
         seed=cfg.seed,
     )
+    if test_root is not None:
+        splits["test"] = _test_folder(root, test_root, classes, spec, cfg.test_per_class, cfg.seed)
     with io.atomic_dir(raw_dir) as tmp:
         for split, rows in splits.items():
             write_list(tmp / f"{split}.txt", rows)
@@ -377,13 +389,61 @@ def _generate(cfg: DataConfig, spec: Spec, root: Path, raw_dir: Path) -> None:
                 "root": str(cfg.root),
                 "classes": classes,
                 "protocol": protocol,
+                "counts": counts,
                 "lists": lists,
                 "splits": {s: f"{s}.txt" for s in splits},
             },
         )
-    print(
-        f"{cfg.name}: generated an LT split of {root} ({sum(counts)} train images, "
-        f"{counts[0]} to {counts[-1]} per class) in {raw_dir}"
+    print(f"{cfg.name}: generated an LT split of {root} in {raw_dir}: {split_summary(splits)}")
+
+
+def assign_counts(ranked: Sequence[int], seed: int) -> list[int]:
+    """The ranked counts given to the classes in a seeded random order (not folder order).
+
+    Drawn from its own stream (``default_rng([seed, 1])``), so the counts and their order are
+    independent draws of one seed.
+    """
+    order = np.random.default_rng([seed, 1]).permutation(len(ranked))
+    return [int(ranked[r]) for r in order]
+
+
+def _test_folder(
+    root: Path, test_root: Path, classes: list[str], spec: Spec, per_class: int | None, seed: int
+) -> list[tuple[str, int]]:
+    """Test rows from a separate balanced folder with the same classes (ImageNet's val set).
+
+    Paths are written relative to ``root``; ``per_class`` None takes every image, else a seeded
+    choice of that many per class.
+    """
+    test_classes, test_paths = _class_folders(test_root, spec)
+    if test_classes != classes:
+        missing = sorted(set(classes) ^ set(test_classes))[:MISSING_SHOWN]
+        raise ValueError(
+            f"data.test_root: expected the class folders of data.root ({len(classes)}); "
+            f"got {len(test_classes)} in {test_root}, differing in {', '.join(missing)}"
+        )
+    rng = np.random.default_rng([seed, 2])
+    rows = []
+    for label, files in enumerate(test_paths):
+        if per_class is not None:
+            if per_class > len(files):
+                raise ValueError(
+                    f"data.test_per_class: class {classes[label]} has {len(files)} images in "
+                    f"data.test_root; expected at most that, got {per_class}"
+                )
+            files = [files[i] for i in np.sort(rng.choice(len(files), per_class, replace=False))]
+        rows += [(os.path.relpath(test_root / f, root), label) for f in files]
+    return rows
+
+
+def split_summary(splits: dict[str, list[tuple[str, int]]]) -> str:
+    """Totals of every split and the many/medium/few class counts (> 100, 20-100, < 20 train)."""
+    counts = np.bincount([label for _, label in splits["train"]])
+    many, few = int((counts > MANY_SHOT).sum()), int((counts < FEW_SHOT).sum())
+    return (
+        f"train {len(splits['train']):,} images ({counts.max()} to {counts.min()} per class; "
+        f"{many} many / {len(counts) - many - few} medium / {few} few-shot classes), "
+        f"val {len(splits['val']):,}, test {len(splits['test']):,}"
     )
 
 
