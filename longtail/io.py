@@ -32,7 +32,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -231,6 +231,26 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     """Atomically save one array in ``.npy`` format."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
+
+
+# ------------------------------------------------------------------------------- untrusted paths
+def relative_path(text: str, where: str) -> str:
+    """``text`` if it is a relative POSIX path that stays under the folder it is joined to.
+
+    List files, split files and the manifests in ``data/prepared`` (which a DVC remote supplies)
+    name files by paths joined to a root; a path that is absolute or climbs out with ``..`` would
+    make a stage read, or for video frames write, outside it.
+
+    Raises:
+        ValueError: naming ``where`` and the path.
+    """
+    parts = PurePosixPath(text).parts
+    if not text or "\\" in text or PurePosixPath(text).is_absolute() or ".." in parts:
+        raise ValueError(
+            f"{where}: expected a relative path inside the data root (no leading /, no .., no "
+            f"backslash), got {text!r}"
+        )
+    return text
 
 
 # ------------------------------------------------------------------------------------- checksums

@@ -6,7 +6,8 @@ remote. Planted where each stage reads a torch file (``checkpoints/pretrain.ckpt
 message naming the file and what to do, and the marker never appears. A control shows the same
 bytes do write the marker when unpickled the unsafe way. An AST check finds every ``torch.load``
 in the package, the stages, the benchmarks and the tools that does not pass ``weights_only=True``;
-it is itself tested on small sources that plant bad calls.
+it is itself tested on small sources that plant bad calls. Paths that list files, split files and
+manifests join to a root may not leave it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from conftest import REPO, TINY, TRACKED, Repo, copy_repo
 from test_distributed import make_trainer, run_ranks
 
 from longtail import io, nets, pipeline, samplers, train
+from longtail.data import base, imagelist, video
 from longtail.distributed import World
 
 SEARCHED = ("longtail", "stages", "benchmarks", "tools")
@@ -347,3 +349,37 @@ def test_every_torch_load_passes_weights_only_true() -> None:
     assert bad == []
     # One helper reads every torch file, so its message and its policy hold everywhere.
     assert list(calls) == ["longtail/io.py"] and len(calls["longtail/io.py"]) == 1
+
+
+# ------------------------------------------------------------------ paths from outside stay inside
+@pytest.mark.parametrize("text", ["../etc/passwd", "a/../../b.jpg", "a\\..\\b.jpg", ""])
+def test_relative_path_refuses_paths_that_leave_the_root(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^list:3: expected a relative path inside the data"):
+        io.relative_path(text, "list:3")
+
+
+@pytest.mark.parametrize("text", ["train/n01/x.JPEG", "a..b/c.jpg", "OP01-R01-Pasta/clip"])
+def test_relative_path_keeps_ordinary_paths(text: str) -> None:
+    assert io.relative_path(text, "unused") == text
+
+
+def test_a_list_file_that_climbs_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    listing = tmp_path / "train.txt"
+    listing.write_text("/train/a/1.jpg 0\ntrain/../../secret.jpg 1\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(listing))}:2: expected a relative"):
+        imagelist.parse_list(listing)
+    listing.write_text("/train/a/1.jpg 0\n")
+    assert imagelist.parse_list(listing) == [("train/a/1.jpg", 0)]  # a leading / means the root
+
+
+def test_an_egtea_clip_name_is_one_path_component() -> None:
+    with pytest.raises(ValueError, match="clip name: expected"):
+        video.parse_clip_name("../../tmp/OP01-R01-PastaSalad-1-2-F1-F2")
+    assert video.parse_clip_name("OP01-R01-PastaSalad-1-2-F1-F2") == ("OP01-R01-PastaSalad", "OP01")
+
+
+@pytest.mark.parametrize("column", ["path", "clip"])
+def test_a_manifest_from_a_remote_cannot_point_outside(tmp_path: Path, column: str) -> None:
+    (tmp_path / "train.csv").write_text(f"{column},label\nok/a.jpg,0\n../../x,1\n")
+    with pytest.raises(ValueError, match=r"train\.csv:3 \(" + column + r"\): expected a relative"):
+        base.read_manifest(tmp_path, "train")

@@ -138,9 +138,19 @@ def write_prepared(
     io.write_json(out_dir / "dataset.json", {"num_classes": num_classes, **info})
 
 
+# Manifest columns that hold paths joined to a data root (image lists, video clips).
+PATH_COLUMNS = ("path", "clip")
+
+
 def read_manifest(prepared_dir: Path, split: str) -> pd.DataFrame:
-    """The manifest of ``split``."""
-    return pd.read_csv(prepared_dir / f"{split}.csv")
+    """The manifest of ``split``; its paths must stay under their root (``io.relative_path``)."""
+    path = prepared_dir / f"{split}.csv"
+    frame = pd.read_csv(path)
+    for column in PATH_COLUMNS:
+        if column in frame:
+            for row, value in enumerate(frame[column].astype(str), start=2):
+                io.relative_path(value, f"{path}:{row} ({column})")
+    return frame
 
 
 def read_json(path: Path) -> dict[str, Any]:

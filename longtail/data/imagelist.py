@@ -156,7 +156,10 @@ SPECS = {
 
 # ------------------------------------------------------------------------------------- list files
 def parse_list(path: Path) -> list[tuple[str, int]]:
-    """``(path, label)`` rows of a list file; a leading ``/`` is dropped (paths are under root)."""
+    """``(path, label)`` rows of a list file; a leading ``/`` is dropped (paths are under root).
+
+    A path that climbs out of the root (``..``) is refused: list files come from outside.
+    """
     rows = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -167,7 +170,7 @@ def parse_list(path: Path) -> list[tuple[str, int]]:
                 f"{path}:{lineno}: expected 'relative/path.jpg label' with a label "
                 f">= 0; got {line!r}"
             )
-        rows.append((parts[0].lstrip("/"), int(parts[1])))
+        rows.append((io.relative_path(parts[0].lstrip("/"), f"{path}:{lineno}"), int(parts[1])))
     return rows
 
 

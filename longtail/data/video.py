@@ -117,7 +117,8 @@ DEVICE_CACHE_BYTES = 4 * 2**30
 def parse_clip_name(name: str) -> tuple[str, str]:
     """``(recording, subject)`` of an EGTEA clip name (``OP01-R01-PastaSalad-...``)."""
     parts = name.split("-")
-    if len(parts) < 4 or not all(parts[:3]):
+    # One path component: the name becomes data/frames/<recording>/<clip>.npy, written by a stage.
+    if len(parts) < 4 or not all(parts[:3]) or "/" in name or "\\" in name:
         raise ValueError(
             f"clip name: expected <subject>-<recipe id>-<recipe>-... as in "
             f"OP01-R01-PastaSalad-1002316-1004005-F024051-F024101, got {name!r}"
