@@ -100,13 +100,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FramesConfig:
-    """``frames``: frame extraction and clip sampling of the video datasets."""
+    """``frames``: frame extraction and clip sampling of the video datasets.
+
+    ``size`` and ``segments`` null: the dataset's published setting
+    (``longtail.data.frames.DEFAULTS``; EGTEA: CDB-CE's 224 px and 10 segments).
+    """
 
     fps: float | None = _check(None, gt=0)
-    size: int = _check(32, gt=0)
+    size: int | None = _check(None, gt=0)
     workers: int = _check(2, ge=1)
     skip_bad: bool = False
-    segments: int = _check(8, gt=0)
+    segments: int | None = _check(None, gt=0)
 
 
 @dataclass(frozen=True)

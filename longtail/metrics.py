@@ -45,15 +45,22 @@ def shot_masks(
 
 
 def summarize(
-    confusion: torch.Tensor, train_counts: Sequence[int], many_shot: int, few_shot: int
+    confusion: torch.Tensor,
+    train_counts: Sequence[int],
+    many_shot: int,
+    few_shot: int,
+    unscored: torch.Tensor | None = None,
 ) -> dict[str, float | int]:
     """Top-1, many/medium/few, mean per-class precision/recall, in percent, plus class counts.
 
     ``top1`` is sample accuracy (the papers' number; on balanced test sets it equals the mean
     per-class accuracy). A shot group with no class reports NaN rather than a made-up number.
+    ``unscored``: (C,) counts of listed samples that could not be scored (an undecodable clip or
+    image); they count as wrong, in their class's total and in no prediction.
     """
     confusion = confusion.double().cpu()
-    total = confusion.sum(1)
+    missed = torch.zeros(len(confusion)) if unscored is None else unscored.double().cpu()
+    total = confusion.sum(1) + missed
     acc = confusion.diag() / total  # (C,)
     predicted = confusion.sum(0)
     precision = torch.where(predicted > 0, confusion.diag() / predicted.clamp(min=1), 0.0)
@@ -69,6 +76,7 @@ def summarize(
         out[f"num_{name}"] = int(mask.sum())
     out["num_classes"] = len(train_counts)
     out["num_samples"] = int(total.sum())
+    out["num_scored"] = int(confusion.sum())
     return out
 
 

@@ -1,9 +1,10 @@
 """Stage ``evaluate``: the final network on the balanced ``test`` split.
 
 Writes ``metrics/evaluate.json`` (top-1, many/medium/few-shot in percent, the class count of each
-group, mean per-class precision/recall, ECE), ``plots/per_class.csv`` (class, train count,
-accuracy) and ``plots/confusion.csv``, and prints the results table. Run:
-``python -m stages.evaluate``.
+group, mean per-class precision/recall, ECE, test samples listed ``num_samples`` and scored
+``num_scored``: a listed test clip or image that cannot be decoded counts as wrong),
+``plots/per_class.csv`` (class, train count, accuracy) and ``plots/confusion.csv``, and prints
+the results table. Run: ``python -m stages.evaluate``.
 """
 
 import torch
@@ -14,6 +15,8 @@ from longtail.metrics import confusion_matrix, expected_calibration_error, summa
 from longtail.pipeline import load_model, run_stage, write_plot_csv
 from longtail.train import FastPath, predict, resolve_device, set_determinism
 from stages import common
+
+NOT_SCORED = "(not scored)"  # the confusion column of test samples that could not be decoded
 
 
 def main() -> None:
@@ -28,12 +31,15 @@ def main() -> None:
     preds = logits.argmax(1)
     counts = class_counts(common.PREPARED, "train")
     conf = confusion_matrix(preds, labels, len(counts)).cpu()
-    result = summarize(conf, counts, cfg.evaluate.many_shot, cfg.evaluate.few_shot)
+    # Listed test samples that could not be decoded are scored as wrong, never dropped.
+    unscored = getattr(test, "unscored_labels", torch.zeros(0, dtype=torch.int64))
+    missed = torch.bincount(unscored, minlength=len(counts))
+    result = summarize(conf, counts, cfg.evaluate.many_shot, cfg.evaluate.few_shot, missed)
     result["ece"] = expected_calibration_error(torch.softmax(logits, 1), labels)
     result["finetune_mode"] = blob.get("mode", "none")
     io.write_json(common.METRICS / "evaluate.json", result)
     names = read_json(common.PREPARED / "class_counts.json")["names"]
-    acc = conf.diag().double() / conf.sum(1).clamp(min=1)
+    acc = conf.diag().double() / (conf.sum(1) + missed).clamp(min=1)
     write_plot_csv(
         common.PLOTS / "per_class.csv",
         [
@@ -46,8 +52,14 @@ def main() -> None:
         [
             {"actual": names[int(a)], "predicted": names[int(p)]}
             for a, p in zip(labels.tolist(), preds.tolist(), strict=True)
-        ],
+        ]
+        + [{"actual": names[int(a)], "predicted": NOT_SCORED} for a in unscored.tolist()],
     )
+    if len(unscored):
+        print(
+            f"[evaluate] {result['num_samples']} test samples listed, {result['num_scored']} "
+            f"scored: {len(unscored)} could not be decoded and count as wrong"
+        )
     print(table(cfg.data.name, result))
 
 

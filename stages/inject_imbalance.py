@@ -6,9 +6,12 @@ training ``seed``, so ``dvc exp run -S seed=1`` does not rerun this stage. Run:
 ``python -m stages.inject_imbalance``.
 """
 
+from pathlib import Path
+
 from longtail.config import Config
-from longtail.data.base import class_counts
-from longtail.io import atomic_dir
+from longtail.data import frames
+from longtail.data.base import class_counts, read_json
+from longtail.io import atomic_dir, write_json
 from longtail.pipeline import run_stage
 from stages import common
 
@@ -18,6 +21,7 @@ def main() -> None:
     family = common.family(cfg)
     with atomic_dir(common.PREPARED) as tmp:
         family.prepare(cfg.data, cfg.data.seed, common.raw_dir(cfg), tmp)
+        record_frames(cfg, tmp)
         check_val(cfg, sum(class_counts(tmp, "val")))  # fail here, not after pretraining
     counts = {s: class_counts(common.PREPARED, s) for s in ("train", "val", "test")}
     train = counts["train"]
@@ -26,6 +30,15 @@ def main() -> None:
         f"(max {max(train)}, min {min(train)}), val {sum(counts['val'])}, "
         f"test {sum(counts['test'])}"
     )
+
+
+def record_frames(cfg: Config, prepared: Path) -> None:
+    """Video datasets: the frame size and segments the run uses (null params resolved)."""
+    info = read_json(prepared / "dataset.json")
+    if info.get("family") in frames.DEFAULTS:
+        write_json(
+            prepared / "dataset.json", {**info, "frames": frames.used(cfg.frames, info["family"])}
+        )
 
 
 def check_val(cfg: Config, val_size: int) -> None:

@@ -285,7 +285,7 @@ def test_egtea_extract_and_open_read_the_clips_in_place(egtea_root: Path, tmp_pa
     family = base.get("egtea")
     family.download(cfg, dirs["raw"])
     family.prepare(cfg, 0, dirs["raw"], dirs["prepared"])
-    family.extract(FramesConfig(workers=1), dirs["raw"], dirs["prepared"], dirs["frames"])
+    family.extract(FramesConfig(workers=1, size=32), dirs["raw"], dirs["prepared"], dirs["frames"])
     source = family.open(context(dirs, cfg, segments=10), "train")
     x, y = next(
         source.batches(torch.arange(3), 3, train=True, generator=torch.Generator().manual_seed(0))

@@ -29,9 +29,20 @@ output must be declared ``persist: true`` in ``dvc.yaml`` for DVC to keep them).
 ``size`` differ from the run that wrote the existing clips (``settings.json``), they are all
 discarded and the extraction starts fresh, saying so.
 
-A clip that OpenCV cannot open or that yields no frame is *bad*: it is listed with its reason in
-``bad_clips.txt``, and the stage fails naming it, unless ``frames.skip_bad`` is true, in which case
-``manifest.json`` lists it and the sources drop it from every split.
+Defaults: ``frames.size`` and ``frames.segments`` null resolve to the dataset's published setting
+(:data:`DEFAULTS`, :func:`resolve`): EGTEA gets CDB-CE's 10 segments and 224 px (CDB-CE crops the
+480×480 square of its 640×480 frames, then resizes it to 224; here frames are stored with short side
+224 and the square is cropped from them, the same image up to resampling), moving digits its 32 px
+and 8 segments. ``inject_imbalance`` records the resolved values in ``dataset.json`` (``frames``)
+and the extraction manifest records the size it used.
+
+A clip that OpenCV cannot open, that yields no frame, or that decodes fewer frames than its
+container declares (beyond ``max(2, 5 %)`` of the declared count: a damaged or truncated stream
+decodes up to the damage and stops) is *bad*: it is listed with its reason in ``bad_clips.txt``,
+and the stage fails naming it, unless ``frames.skip_bad`` is true, in which case ``manifest.json``
+lists it and the sources drop it from ``train`` and ``val``. It is never dropped from ``test``: a
+test clip that cannot be decoded is scored as wrong, and ``evaluate`` reports clips listed and
+scored.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +72,32 @@ VIDEO_SUFFIX = ".mp4"
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
 BAD_CLIPS = "bad_clips.txt"
+# Published frame settings per video family: (short side in px, TSN segments).
+DEFAULTS = {"egtea": (224, 10), "moving_digits": (32, 8)}
+SHORTFALL = (2, 0.05)  # a clip may decode max(2, 5 %) fewer frames than its container declares
+
+
+def resolve(cfg: FramesConfig, family: str) -> FramesConfig:
+    """``cfg`` with a null ``size`` / ``segments`` replaced by ``family``'s published setting."""
+    if family not in DEFAULTS:
+        raise ValueError(f"frames: expected a video family ({', '.join(DEFAULTS)}); got {family!r}")
+    size, segments = DEFAULTS[family]
+    return replace(
+        cfg,
+        size=cfg.size if cfg.size is not None else size,
+        segments=cfg.segments if cfg.segments is not None else segments,
+    )
+
+
+def used(cfg: FramesConfig, family: str) -> dict[str, Any]:
+    """What ``dataset.json`` records: the resolved size and segments, and where each came from."""
+    resolved = resolve(cfg, family)
+    return {
+        "size": resolved.size,
+        "segments": resolved.segments,
+        "size_from": "frames.size" if cfg.size is not None else f"{family} default",
+        "segments_from": "frames.segments" if cfg.segments is not None else f"{family} default",
+    }
 
 
 class BadClipError(ValueError):
@@ -142,7 +179,8 @@ def decode_clip(path: Path, *, fps: float | None, size: int) -> np.ndarray:
     """Decode one clip: (T, H, W, 3) uint8 RGB, short side ``size``, frames kept at ``fps``.
 
     Raises:
-        BadClipError: the file is missing, OpenCV cannot open it, or no frame decodes.
+        BadClipError: the file is missing, OpenCV cannot open it, no frame decodes, or it decodes
+            fewer frames than its container declares (beyond ``SHORTFALL``).
     """
     if not Path(path).is_file():
         raise BadClipError("file not found")
@@ -150,16 +188,24 @@ def decode_clip(path: Path, *, fps: float | None, size: int) -> np.ndarray:
     try:
         if not capture.isOpened():
             raise BadClipError("OpenCV cannot open it")
-        frames = _read_kept(capture, kept_frames(capture.get(cv2.CAP_PROP_FPS), fps), size)
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # <= 0: the container does not say
+        keep = kept_frames(capture.get(cv2.CAP_PROP_FPS), fps)
+        frames, decoded = _read_kept(capture, keep, size)
     finally:
         capture.release()
     if not frames:
         raise BadClipError("no frame could be decoded")
+    if declared > 0 and declared - decoded > max(SHORTFALL[0], SHORTFALL[1] * declared):
+        raise BadClipError(
+            f"decoded {decoded} of the {declared} frames its container declares (damaged stream)"
+        )
     return np.stack(frames)  # (T, H, W, 3)
 
 
-def _read_kept(capture: cv2.VideoCapture, keep: Iterator[int], size: int) -> list[np.ndarray]:
-    """Grab every frame, decode and resize only the kept ones."""
+def _read_kept(
+    capture: cv2.VideoCapture, keep: Iterator[int], size: int
+) -> tuple[list[np.ndarray], int]:
+    """Grab every frame, decode and resize only the kept ones; also returns the frames grabbed."""
     frames, wanted, index = [], next(keep), 0
     while capture.grab():
         if index == wanted:
@@ -169,7 +215,7 @@ def _read_kept(capture: cv2.VideoCapture, keep: Iterator[int], size: int) -> lis
             frames.append(_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size))
             wanted = next(keep)
         index += 1
-    return frames
+    return frames, index
 
 
 def _resize(frame: np.ndarray, size: int) -> np.ndarray:
@@ -259,6 +305,8 @@ def extract(frames_cfg: FramesConfig, raw_dir: Path, prepared_dir: Path, frames_
         ValueError: naming the clips that could not be decoded, unless ``frames.skip_bad``.
     """
     frames_dir, source = Path(frames_dir), clips_dir(raw_dir)
+    family = base.read_json(Path(prepared_dir) / "dataset.json")["family"]
+    frames_cfg = resolve(frames_cfg, family)
     settings = {"format": FORMAT, "fps": frames_cfg.fps, "size": frames_cfg.size}
     _start(frames_dir, settings)
     clips = listed_clips(prepared_dir)
@@ -270,7 +318,8 @@ def extract(frames_cfg: FramesConfig, raw_dir: Path, prepared_dir: Path, frames_
         raise ValueError(
             f"extract_frames: expected every clip to decode; {len(bad)} of {len(clips)} could not "
             f"be decoded: {names}. They are listed in {frames_dir / BAD_CLIPS}; set "
-            f"frames.skip_bad: true to drop them from training and evaluation."
+            f"frames.skip_bad: true to drop them from train and val (a bad test clip is scored "
+            f"as wrong)."
         )
     io.write_json(frames_dir / MANIFEST, _manifest(results, source, settings, frames_cfg))
 

@@ -20,7 +20,7 @@ clips of the largest class, 15 of the smallest), so no imbalance is injected (``
   network has not seen. ``data.lists.val`` set: that list is val instead, its clips taken out of
   train. ``test_split1`` is the test set.
 - Sampling (TSN-style, CDB-CE's ``createEGTEA``): the T frames of a clip are cut into
-  S = ``frames.segments`` segments (CDB-CE: 10), segment ``i`` being frames
+  S = ``frames.segments`` segments (null: CDB-CE's 10), segment ``i`` being frames
   ``[floor(i T / S), floor((i + 1) T / S))``. Training takes one uniformly random frame of each
   segment; evaluation takes each segment's centre frame, ``start + len // 2``, so val and test are
   deterministic. CDB-CE draws from ``linspace(0, T - 1, S + 1)`` boundaries, which never reach the
@@ -31,7 +31,7 @@ clips of the largest class, 15 of the smallest), so no imbalance is injected (``
   640×480 frames, rotates by a uniform angle in [-10°, 10°] (bilinear, black corners), flips
   horizontally with probability 0.5 and resizes to 224; evaluation crops the centre square. One
   draw per clip, shared by all its frames. Here the frames are extracted with short side
-  ``frames.size`` (224 reproduces CDB-CE's input), so the square crop is the input, with no resize.
+  ``frames.size`` (null: 224, CDB-CE's input), so the square crop is the input, with no resize.
 - Normalisation: that of the Kinetics checkpoint (Hara et al.'s 3D-ResNets: RGB, the ActivityNet
   mean [114.77, 107.74, 99.48] subtracted on the 0..255 scale, no division), written as mean / 255
   and std 1 / 255. CDB-CE fed OpenCV's BGR frames unnormalised.
@@ -86,7 +86,6 @@ MANIFEST_COLUMNS = ("clip", "recording", "subject", "label", "verb", "noun", "ac
 # EGTEA Gaze+ as CDB-CE uses it.
 EGTEA_NUM_CLASSES = 19
 EGTEA_VAL_SUBJECTS = tuple(f"P{i}" for i in range(20, 27))  # CDB-CE's val_split.txt
-EGTEA_SEGMENTS = 10  # CDB-CE's frames_per_clip
 EGTEA_ROTATION_DEGREES = 10.0
 KINETICS_MEAN = (114.7748 / 255, 107.7354 / 255, 99.4750 / 255)  # RGB, ActivityNet mean
 KINETICS_STD = (1 / 255, 1 / 255, 1 / 255)  # mean subtraction only, on the 0..255 scale
@@ -105,7 +104,6 @@ MD_TEST_PER_CLASS = 10
 MD_TRAIN_SUBJECTS = ("P01", "P02", "P03", "P04")
 MD_VAL_SUBJECTS = ("P05",)
 MD_RECORDINGS = ("R01", "R02")
-MD_SEGMENTS = 8
 MD_PADDING = 2
 
 # A split whose frames take at most this many bytes is held on the device as one uint8 tensor;
@@ -212,7 +210,6 @@ def prepare_clips(
     val_subjects: Sequence[str],
     mean: Sequence[float],
     std: Sequence[float],
-    segments: int,
     family: str,
 ) -> None:
     """Manifests of a video dataset in EGTEA's format (both families share this).
@@ -246,7 +243,6 @@ def prepare_clips(
         "in_channels": 3,
         "mean": list(mean),
         "std": list(std),
-        "segments": segments,
         "val_held_out_by": held_by,
     }
     names = read_class_names(raw_dir / VERB_INDEX, num_classes)
@@ -459,7 +455,6 @@ def prepare_moving_digits(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Pa
         val_subjects=MD_VAL_SUBJECTS,
         mean=source["pixel_mean"],
         std=source["pixel_std"],
-        segments=MD_SEGMENTS,
         family="moving_digits",
     )
 
@@ -540,7 +535,6 @@ def prepare_egtea(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> N
         val_subjects=EGTEA_VAL_SUBJECTS,
         mean=KINETICS_MEAN,
         std=KINETICS_STD,
-        segments=EGTEA_SEGMENTS,
         family="egtea",
     )
 
@@ -738,12 +732,19 @@ class ClipSource:
 
 
 def open_clips(ctx: base.SourceContext, split: str, augment: ClipAugment) -> ClipSource:
-    """A :class:`ClipSource` over ``split``'s extracted clips; clips listed as bad are dropped."""
+    """A :class:`ClipSource` over ``split``'s extracted clips.
+
+    Clips listed as bad (``frames.skip_bad``) are dropped from ``train`` and ``val``. From
+    ``test`` they are dropped too, as they have no frames, but their labels stay in the source's
+    ``unscored_labels``: ``evaluate`` counts them as wrong, so the test set never shrinks
+    silently.
+    """
     info = base.read_json(ctx.prepared_dir / "dataset.json")
     extracted = frames.read_manifest(ctx.frames_dir)
     manifest = base.read_manifest(ctx.prepared_dir, split)
-    bad = {entry["clip"] for entry in extracted["bad_clips"]}
-    manifest = manifest[~manifest["clip"].isin(bad)].reset_index(drop=True)
+    bad = manifest["clip"].isin({entry["clip"] for entry in extracted["bad_clips"]})
+    unscored = torch.tensor(manifest["label"][bad].to_numpy(), dtype=torch.int64)
+    manifest = manifest[~bad].reset_index(drop=True)
     per_clip = extracted["per_clip"]
     missing = [c for c in manifest["clip"] if c not in per_clip]
     if missing:
@@ -754,17 +755,20 @@ def open_clips(ctx: base.SourceContext, split: str, augment: ClipAugment) -> Cli
     sizes = {(per_clip[c]["height"], per_clip[c]["width"]) for c in manifest["clip"]}
     if len(sizes) > 1:
         raise ValueError(f"{split}: expected frames of one size in a split, got {sorted(sizes)}")
-    return ClipSource(
+    source = ClipSource(
         [frames.clip_output(ctx.frames_dir, c) for c in manifest["clip"]],
         [per_clip[c]["frames"] for c in manifest["clip"]],
         torch.tensor(manifest["label"].to_numpy(), dtype=torch.int64),
         frame_size=sizes.pop() if sizes else (1, 1),
-        segments=ctx.frames.segments,
+        segments=frames.resolve(ctx.frames, info["family"]).segments,
         mean=info["mean"],
         std=info["std"],
         augment=augment,
         device=ctx.device,
     )
+    if split == "test":
+        source.unscored_labels = unscored
+    return source
 
 
 MOVING_DIGITS_AUGMENT = ClipAugment(padding=MD_PADDING, flip=False)  # digits are chiral
