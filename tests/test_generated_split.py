@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fakes import make_image_tree
 
-from longtail.config import DataConfig
-from longtail.data import imagelist
+from longtail.config import DataConfig, FramesConfig
+from longtail.data import base, imagelist
 
 CLASSES = tuple(f"n{c:02d}" for c in range(8))
 
@@ -74,18 +75,31 @@ def test_test_set_from_a_separate_folder(tmp_path: Path) -> None:
     make_image_tree(val_folder, CLASSES, per_class=3, size=(8, 8), seed=1)
     raw, rows = generate(tmp_path, "a", test_root=str(val_folder))
     assert len(rows["test"]) == 3 * len(CLASSES)  # the whole folder: test_per_class null
-    assert all(p.startswith("../val/") for p, _ in rows["test"])
-    assert all(p.startswith(f"../val/{CLASSES[label]}/") for p, label in rows["test"])
+    assert all(p.startswith(f"{CLASSES[label]}/") for p, label in rows["test"])
+    assert all((val_folder / p).is_file() for p, _ in rows["test"])
     train_and_val = {p for s in ("train", "val") for p, _ in rows[s]}
     assert len(rows["train"]) + len(rows["val"]) == len(train_and_val)
-    assert all((tmp_path / "train" / p).is_file() for p, _ in rows["test"])
-    protocol = json.loads((raw / "source.json").read_text())["protocol"]
-    assert protocol["test_root"] == str(val_folder)
+    source = json.loads((raw / "source.json").read_text())
+    assert source["protocol"]["test_root"] == str(val_folder)
+    assert source["roots"] == {"test": str(val_folder)}
     _, two = generate(tmp_path, "b", test_root=str(val_folder), test_per_class=2)
     assert np.bincount([c for _, c in two["test"]]).tolist() == [2] * len(CLASSES)
+    prepared = tmp_path / "prep"
     imagelist.prepare(
-        DataConfig(name="imagenet_lt", root=str(tmp_path / "train")), 0, raw, tmp_path / "prep"
-    )  # the generated lists pass prepare's checks: disjoint, every class trained
+        DataConfig(name="imagenet_lt", root=str(tmp_path / "train")), 0, raw, prepared
+    )
+    ctx = base.SourceContext(
+        DataConfig(name="imagenet_lt", workers=0),
+        FramesConfig(),
+        raw,
+        prepared,
+        prepared / "frames",
+        torch.device("cpu"),
+    )
+    test = imagelist.open_split(ctx, "test")  # reads the test images from data.test_root
+    assert Path(test.root) == val_folder and len(test) == 3 * len(CLASSES)
+    x, _ = next(test.batches(torch.arange(2), 2, train=False, generator=torch.Generator()))
+    assert x.shape[:2] == (2, 3)
 
 
 def test_test_folder_with_other_classes_is_refused(tmp_path: Path) -> None:

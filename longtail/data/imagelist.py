@@ -379,8 +379,12 @@ def _generate(cfg: DataConfig, spec: Spec, root: Path, raw_dir: Path) -> None:
         test_per_class=0 if test_root is not None else protocol["test_per_class"],
         seed=cfg.seed,
     )
-    if test_root is not None:
-        splits["test"] = _test_folder(root, test_root, classes, spec, cfg.test_per_class, cfg.seed)
+    roots = {}
+    if (
+        test_root is not None
+    ):  # its paths are relative to test_root, as list paths stay under a root
+        splits["test"] = _test_folder(test_root, classes, spec, cfg.test_per_class, cfg.seed)
+        roots["test"] = str(test_root)
     with io.atomic_dir(raw_dir) as tmp:
         for split, rows in splits.items():
             write_list(tmp / f"{split}.txt", rows)
@@ -390,6 +394,7 @@ def _generate(cfg: DataConfig, spec: Spec, root: Path, raw_dir: Path) -> None:
             {
                 "mode": "generated",
                 "root": str(cfg.root),
+                "roots": roots,
                 "classes": classes,
                 "protocol": protocol,
                 "counts": counts,
@@ -411,11 +416,11 @@ def assign_counts(ranked: Sequence[int], seed: int) -> list[int]:
 
 
 def _test_folder(
-    root: Path, test_root: Path, classes: list[str], spec: Spec, per_class: int | None, seed: int
+    test_root: Path, classes: list[str], spec: Spec, per_class: int | None, seed: int
 ) -> list[tuple[str, int]]:
     """Test rows from a separate balanced folder with the same classes (ImageNet's val set).
 
-    Paths are written relative to ``root``; ``per_class`` None takes every image, else a seeded
+    Paths are relative to ``test_root``; ``per_class`` None takes every image, else a seeded
     choice of that many per class.
     """
     test_classes, test_paths = _class_folders(test_root, spec)
@@ -435,7 +440,7 @@ def _test_folder(
                     f"data.test_root; expected at most that, got {per_class}"
                 )
             files = [files[i] for i in np.sort(rng.choice(len(files), per_class, replace=False))]
-        rows += [(os.path.relpath(test_root / f, root), label) for f in files]
+        rows += [(f, label) for f in files]
     return rows
 
 
@@ -464,7 +469,8 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         _check_val_source(cfg, source["splits"]["val"])
     frames = {s: _frame(parse_list(raw_dir / f) if f else []) for s, f in source["splits"].items()}
     names = {s: source["lists"].get(s, {}).get("file", f"{s}.txt") for s in base.SPLITS}
-    check_disjoint(frames, Path(source["root"]), names)
+    roots = {s: source.get("roots", {}).get(s, source["root"]) for s in base.SPLITS}
+    check_disjoint(frames, roots, names)
     published = published_lines(spec, frames) if source["mode"] == "lists" else None
     num_classes = _num_classes(spec, frames, names, published)
     if source["splits"]["val"] is None and cfg.val_per_class:
@@ -475,6 +481,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "kind": "image",
         "in_channels": 3,
         "root": source["root"],
+        "roots": roots,  # the folder each split's paths are relative to
         "mean": list(spec.mean),
         "std": list(spec.std),
         "image_size": cfg.image_size or DEFAULT_IMAGE_SIZE,
@@ -508,14 +515,16 @@ def _frame(rows: Sequence[tuple[str, int]]) -> pd.DataFrame:
     )
 
 
-def check_disjoint(frames: dict[str, pd.DataFrame], root: Path, names: dict[str, str]) -> None:
-    """Refuse splits that share an image (paths resolved under ``root``, symlinks followed).
+def check_disjoint(
+    frames: dict[str, pd.DataFrame], roots: dict[str, str], names: dict[str, str]
+) -> None:
+    """Refuse splits that share an image (paths resolved under their root, symlinks followed).
 
     A val list that is really the test list would send test into model selection (CDB-CE's
     weights, the τ sweep, the BALMS meta set); this stops it before any training.
     """
     resolved = {
-        split: {os.path.realpath(os.path.join(root, p)): p for p in frame["path"]}
+        split: {os.path.realpath(os.path.join(roots[split], p)): p for p in frame["path"]}
         for split, frame in frames.items()
     }
     for a, b in itertools.combinations(base.SPLITS, 2):
@@ -772,7 +781,7 @@ def open_split(ctx: base.SourceContext, split: str) -> FileSource:
     info = base.read_json(ctx.prepared_dir / "dataset.json")
     frame = base.read_manifest(ctx.prepared_dir, split)
     return FileSource(
-        Path(info["root"]),
+        Path(info.get("roots", {}).get(split, info["root"])),
         frame["path"].astype(str).tolist(),
         torch.tensor(frame["label"].to_numpy(dtype=np.int64)),  # int64 even when empty
         size=info["image_size"],
