@@ -43,9 +43,6 @@ def _check(
 
 
 # ---------------------------------------------------------------------------------------- sections
-LOSS_OPTION_KEYS = ("tau", "gamma", "beta", "base", "max_m", "s", "lam", "weights")
-
-
 @dataclass(frozen=True)
 class LossConfig:
     """A loss by registry name plus its options; keys a loss does not take are ignored by it."""
@@ -125,7 +122,7 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser and schedule of one training stage (SGD with momentum, warmup, step or cosine)."""
 
-    epochs: int = _check(100, ge=0)
+    epochs: int = _check(100, ge=1)  # 0 is refused: a stage that trains nothing has no curves
     batch_size: int = _check(128, gt=0)
     lr: float = _check(0.1, gt=0)
     momentum: float = _check(0.9, ge=0, lt=1)
@@ -408,9 +405,7 @@ def _parse(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _parse_loss(raw: Any, prefix: str) -> LossConfig:
-    """Parse a loss section: ``name`` plus options, validated by the loss registry itself."""
-    from longtail import losses
-
+    """Parse a loss section into ``name`` plus options (their values: :func:`_check_losses`)."""
     if raw is None:
         raw = {}
     if isinstance(raw, str):  # ``pretrain.loss: ce`` is shorthand for ``{name: ce}``
@@ -419,18 +414,43 @@ def _parse_loss(raw: Any, prefix: str) -> LossConfig:
         _fail(prefix, "a mapping with a 'name'", raw)
     raw = dict(raw)
     name = str(raw.pop("name", "ce"))
-    if name not in losses.names():
-        _fail(f"{prefix}.name", "one of " + ", ".join(losses.names()), name)
-    for key in raw:
-        if key not in LOSS_OPTION_KEYS:
-            _unknown(f"{prefix}.{key}", ["name", *LOSS_OPTION_KEYS])
-    options = {k: _loss_value(v) for k, v in raw.items()}
-    config = LossConfig(name=name, options=types.MappingProxyType(options))
-    try:  # the registry validates option values; two dummy classes suffice for that
-        losses.create(name, [1, 1], **config.kwargs())
+    options = {str(k): _loss_value(v) for k, v in raw.items()}
+    return LossConfig(name=name, options=types.MappingProxyType(options))
+
+
+def _check_loss(section: LossConfig, prefix: str) -> None:
+    """Every option of a loss section is valid, whichever loss the section selects.
+
+    Driven by the registry (each loss's keyword-only options and its own checks), never by a list
+    kept here: a key no registered loss takes is unknown; a value is refused when no loss that
+    takes the key accepts it on its own (``loss.gamma: -1`` is refused under ``loss.name: cdb_ce``
+    too); then the selected loss is built with its options together (combinations it refuses).
+    """
+    from longtail import losses
+
+    if section.name not in losses.names():
+        _fail(f"{prefix}.name", "one of " + ", ".join(losses.names()), section.name)
+    takers: dict[str, list[str]] = {}
+    for name in losses.names():
+        for option in losses.option_names(name):
+            takers.setdefault(option, []).append(name)
+    for key, value in section.options.items():
+        if key not in takers:
+            _unknown(f"{prefix}.{key}", ["name", *takers])
+        errors = []
+        for name in takers[key]:
+            try:  # two dummy classes suffice to check an option's value
+                losses.create(name, [1, 1], **{key: value})
+            except ValueError as err:
+                errors.append(str(err))
+            else:
+                break
+        else:
+            raise ConfigError(f"{prefix}.{errors[0]}")
+    try:
+        losses.create(section.name, [1, 1], **section.kwargs())
     except ValueError as err:
         raise ConfigError(f"{prefix}.{err}") from None
-    return config
 
 
 def _loss_value(value: Any) -> Any:
@@ -443,19 +463,37 @@ def _loss_value(value: Any) -> Any:
     return value
 
 
-def parse(raw: Mapping[str, Any]) -> Config:
-    """Build a :class:`Config` from a parsed params mapping, validating every key."""
+def parse(raw: Mapping[str, Any], training: bool = True) -> Config:
+    """Build a :class:`Config` from a parsed params mapping, validating every key.
+
+    Args:
+        raw: the parsed ``params.yaml``.
+        training: also check what only the training stages build (loss names and every loss
+            option, samplers, the network and its input size), which needs the torch-based
+            registries. The data stages pass ``False``: they then import no torch, and the first
+            training stage refuses those values before any training.
+    """
     config = _parse(Config, raw, "")
-    _check_registries(config)
+    _check_data(config)
+    if training:
+        _check_training(config)
     return config
 
 
-def _check_registries(config: Config) -> None:
-    """Names that pick from a registry must name a registered entry."""
-    from longtail import data, nets, samplers
+def _check_data(config: Config) -> None:
+    """``data.name`` names a registered dataset family (a check that imports no torch)."""
+    from longtail import data
 
     if config.data.name not in data.names():
         _fail("data.name", "one of " + ", ".join(data.names()), config.data.name)
+
+
+def _check_training(config: Config) -> None:
+    """Loss options, sampler and network names that pick from the torch-based registries."""
+    from longtail import nets, samplers
+
+    _check_loss(config.pretrain.loss, "pretrain.loss")
+    _check_loss(config.loss, "loss")
     if config.model.arch != "auto" and config.model.arch not in nets.names():
         _fail("model.arch", "one of auto, " + ", ".join(nets.names()), config.model.arch)
     for key, name in (
@@ -472,14 +510,14 @@ def _check_registries(config: Config) -> None:
             raise ConfigError(f"{stage}.{err}") from None
 
 
-def load(path: str | Path = "params.yaml") -> Config:
-    """Read and validate ``params.yaml``."""
+def load(path: str | Path = "params.yaml", training: bool = True) -> Config:
+    """Read and validate ``params.yaml`` (``training``: see :func:`parse`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found (run the stages from the repository root)")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    return parse(raw)
+    return parse(raw, training)
 
 
 def to_dict(config: Any) -> Any:

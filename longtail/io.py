@@ -36,7 +36,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import torch
 
 
 class ChecksumError(ValueError):
@@ -183,6 +182,8 @@ def save_torch(obj: Any, path: str | Path) -> None:
     temporary name), so two saves of one state would differ and DVC would see a changed output.
     Given an open file it records the fixed name ``archive``.
     """
+    import torch  # here, not at the top: the data stages write no tensors and never load torch
+
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
 
@@ -204,6 +205,8 @@ def load_torch(path: str | Path, remedy: str) -> Any:
             truncated or foreign file), with a short message naming the file.
         RuntimeError: a damaged archive (a truncated copy), as ``torch.load`` raises it.
     """
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -12,11 +12,12 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from longtail import io
 
-from longtail import io, nets
+if TYPE_CHECKING:  # torch is imported where it is used: the data stages never load it
+    from torch import nn
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -27,11 +28,16 @@ def run_stage(main: Callable[[], None]) -> None:
     training run; every message is listed in ``docs/errors.md``. Ctrl-C prints how to resume and
     exits 130. Set ``LONGTAIL_TRACEBACK=1`` to see the traceback anyway.
     """
-    from longtail.train import TrainingDiverged
-
+    expected: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ConnectionError)
     try:
         main()
-    except (ValueError, FileNotFoundError, ConnectionError, TrainingDiverged) as err:
+    except Exception as err:
+        # A diverged run can only come from the training loop: look it up only if that was loaded.
+        train = sys.modules.get("longtail.train")
+        if train is not None:
+            expected = (*expected, train.TrainingDiverged)
+        if not isinstance(err, expected):
+            raise
         if os.environ.get("LONGTAIL_TRACEBACK"):
             raise
         print(f"error: {err}", file=sys.stderr)
@@ -125,6 +131,8 @@ def load_model(path: Path, writer: str = "<the stage that writes it>") -> tuple[
         UnsafeFileError: the file holds other objects (it is not loaded).
         ValueError: the file is truncated or not a model file.
     """
+    from longtail import nets
+
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
     rewrite = f"dvc repro --force {writer}"

@@ -9,13 +9,16 @@ torchrun launch through :func:`start` (one plain process without torchrun) and l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from longtail import data, distributed
+from longtail import data
 from longtail.config import Config, ConfigError, load, to_dict
 from longtail.data.base import Family, SourceContext
-from longtail.distributed import World
+
+if TYPE_CHECKING:  # the training stages import torch; the data stages never do
+    import torch
+
+    from longtail.distributed import World
 
 PARAMS = Path("params.yaml")
 RAW = Path("data/raw")
@@ -29,9 +32,9 @@ LIVE = Path("dvclive")
 CODE = [Path("longtail")]
 
 
-def config() -> Config:
-    """The validated params.yaml."""
-    return load(PARAMS)
+def config(training: bool = True) -> Config:
+    """The validated params.yaml (``training=False``: the data stages' checks, no torch)."""
+    return load(PARAMS, training)
 
 
 def start(cfg: Config) -> tuple[torch.device, World]:
@@ -40,6 +43,7 @@ def start(cfg: Config) -> tuple[torch.device, World]:
     Returns:
         ``(device of this rank, world)``; ``cuda:<local_rank>`` on CUDA.
     """
+    from longtail import distributed
     from longtail.train import resolve_device, set_determinism
 
     device = resolve_device(cfg.device)
@@ -56,6 +60,8 @@ def start(cfg: Config) -> tuple[torch.device, World]:
 
 def finish(world: World) -> None:
     """Wait for every rank, then leave the process group."""
+    from longtail import distributed
+
     world.barrier()
     distributed.shutdown()
 
@@ -96,6 +102,16 @@ def val_needed_by(cfg: Config) -> list[str]:
     if ft.mode == "tau_norm" and len(ft.tau_candidates()) > 1:
         needs.append(f"finetune.tau_norm: {ft.tau_norm}")
     return needs
+
+
+def sample_shape(cfg: Config, device: torch.device) -> tuple[int, ...]:
+    """The shape of one training input as the network sees it: ``(C, H, W)`` or ``(C, T, H, W)``."""
+    import torch
+
+    source = family(cfg).open(context(cfg, device), "train")
+    gen = torch.Generator(device=device)
+    x, _ = next(source.batches(torch.arange(1), 1, train=False, generator=gen))
+    return tuple(x.shape[1:])
 
 
 def family(cfg: Config) -> Family:
@@ -146,6 +162,7 @@ def train_stage(
     """
     from longtail import io, losses, samplers
     from longtail.data.base import class_counts
+    from longtail.distributed import World
     from longtail.pipeline import EpochLogger, signature
     from longtail.train import Checkpointer, Trainer
 

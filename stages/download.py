@@ -9,7 +9,7 @@ from stages import common
 
 
 def main() -> None:
-    cfg = common.config()
+    cfg = common.config(training=False)
     family = common.family(cfg)
     out = common.raw_dir(cfg)
     print(f"[download] {cfg.data.name} -> {out}")

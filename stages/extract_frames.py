@@ -9,7 +9,7 @@ from stages import common
 
 
 def main() -> None:
-    cfg = common.config()
+    cfg = common.config(training=False)
     family = common.family(cfg)
     if family.extract is None:
         raise ValueError(f"data.name: {cfg.data.name} has no frame extraction step")

@@ -17,7 +17,7 @@ from stages import common
 
 
 def main() -> None:
-    cfg = common.config()
+    cfg = common.config(training=False)
     family = common.family(cfg)
     with atomic_dir(common.PREPARED) as tmp:
         family.prepare(cfg.data, cfg.data.seed, common.raw_dir(cfg), tmp)
@@ -43,8 +43,8 @@ def record_frames(cfg: Config, prepared: Path) -> None:
 
 def check_val(cfg: Config, val_size: int) -> None:
     """Refuse an empty val split when a param needs one (see ``common.val_needed_by``)."""
-    needs = common.val_needed_by(cfg)
-    if needs and val_size == 0:
+    needs = common.val_needed_by(cfg) if val_size == 0 else []  # (which imports the losses)
+    if needs:
         raise ValueError(
             f"data.val_per_class: {', '.join(needs)} needs a val split; {cfg.data.name} has none "
             f"at data.val_per_class {cfg.data.val_per_class}: expected data.val_per_class > 0 "

@@ -24,6 +24,7 @@ def main() -> None:
     arch = common.arch(cfg)
     torch.manual_seed(cfg.seed)  # the network's initialisation
     model = nets.create(arch, num_classes, in_channels=info["in_channels"])
+    nets.check_input_size(model, arch, common.sample_shape(cfg, device), cfg.data.name)
     if cfg.model.weights:
         print(nets.load_weights(model, cfg.model.weights))
     common.train_stage(

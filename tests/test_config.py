@@ -65,3 +65,58 @@ def test_unknown_loss_lists_every_registered_name() -> None:
         parse({"loss": {"name": "nope"}})
     for name in losses.names():
         assert name in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"loss": {"name": "cdb_ce", "gamma": -1}}, "loss.gamma: expected a number >= 0"),
+        ({"loss": {"name": "ce", "beta": 1.5}}, "loss.beta: expected"),
+        ({"loss": {"name": "balanced_softmax", "max_m": -0.5}}, "loss.max_m: expected"),
+        ({"loss": {"name": "cdb_ce", "base": "hinge"}}, "loss.base: expected one of"),
+        ({"pretrain": {"loss": {"name": "ce", "gamma": -1}}}, "pretrain.loss.gamma: expected"),
+        ({"loss": {"name": "ce", "typo": 1}}, "loss.typo: unknown key; valid keys here are name"),
+    ],
+)
+def test_every_loss_option_is_checked_whichever_loss_is_selected(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse(raw)
+
+
+def test_an_option_value_some_loss_takes_passes_under_another_loss() -> None:
+    # tau: dynamic is CDB-CE's; logit adjustment takes numbers only: valid while cdb_ce is unused
+    cfg = parse({"loss": {"name": "ce", "tau": "dynamic"}})
+    assert cfg.loss.kwargs() == {}
+    with pytest.raises(ConfigError, match=r"loss\.tau"):
+        parse({"loss": {"name": "logit_adjust", "tau": "dynamic"}})
+
+
+def test_loss_option_checks_follow_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loss registered later brings its own option and its own check, with no list to edit."""
+    from longtail import losses
+
+    class Scaled(losses.CrossEntropy):
+        def __init__(self, class_counts, *, scale_by: float = 1.0) -> None:
+            super().__init__(class_counts)
+            if not scale_by > 0:
+                raise ValueError(f"scale_by: expected a number > 0, got {scale_by}")
+
+    monkeypatch.setitem(losses.LOSSES, "scaled_ce_test", Scaled)
+    assert parse({"loss": {"name": "ce", "scale_by": 2.0}}).loss.kwargs() == {}
+    with pytest.raises(ConfigError, match=r"loss\.scale_by: expected a number > 0"):
+        parse({"loss": {"name": "cdb_ce", "scale_by": -1}})
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_zero_epochs_are_refused(stage: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{stage}\.epochs: expected a number >= 1; got 0"):
+        parse({stage: {"epochs": 0}})
+
+
+def test_data_stage_checks_leave_the_training_registries_to_the_training_stages() -> None:
+    bad = {"loss": {"name": "cdb_ce", "gamma": -1}, "model": {"arch": "vgg"}}
+    assert parse(bad, training=False).loss.options["gamma"] == -1
+    with pytest.raises(ConfigError, match=r"data\.name"):
+        parse({"data": {"name": "mnist"}}, training=False)
+    with pytest.raises(ConfigError, match=r"pretrain\.epochs"):
+        parse({"pretrain": {"epochs": 0}}, training=False)

@@ -320,3 +320,24 @@ def test_load_weights_refuses_an_unrelated_checkpoint(tmp_path) -> None:
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="expected a state dict"):
         nets.load_weights(nets.create("resnet32", 10), tmp_path / "list.pt")
+
+
+def test_resnet50_on_8x8_digits_is_refused_with_the_smallest_size_it_takes() -> None:
+    model = nets.create("resnet50", 10, in_channels=1)
+    assert nets.collapsed_downsampling(model, (1, 8, 8))[0] == "layer3.0.conv2"
+    # conv1 and maxpool halve 17 to 9 and 5, layer2 to 3, layer3 to 2, layer4 to 1: every strided
+    # layer still has two pixels to take; 16 leaves layer3 a single one.
+    assert nets.smallest_input_size("resnet50", 1, (1, 8, 8)) == 17
+    assert nets.collapsed_downsampling(model, (1, 17, 17)) == []
+    assert nets.collapsed_downsampling(model, (1, 16, 16))
+    with pytest.raises(ValueError, match=r"got resnet50, which takes inputs of at least 17×17"):
+        nets.check_input_size(model, "resnet50", (1, 8, 8), "digits")
+    assert model.training  # the probe leaves the mode as it was
+
+
+def test_the_default_networks_take_their_datasets_inputs() -> None:
+    nets.check_input_size(nets.create("resnet32", 10, in_channels=1), "resnet32", (1, 8, 8), "d")
+    nets.check_input_size(nets.create("resnet32", 100), "resnet32", (3, 32, 32), "cifar100")
+    video = nets.create("resnet3d_small", 10, in_channels=1)
+    nets.check_input_size(video, "resnet3d_small", (1, 8, 32, 32), "moving_digits")
+    assert nets.smallest_input_size("resnet32", 1, (1, 8, 8)) == 3

@@ -14,6 +14,7 @@ uint8 array per split, ``<split>_images.npy`` (N, C, H, W), row ``i`` matching C
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 
 from longtail import io
-from longtail.data.augment import normalize, random_crop_flip
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a source is built: the data stages never load it
+    import torch
+
     from longtail.config import DataConfig, FramesConfig
 
 SPLITS = ("train", "val", "test")
@@ -80,6 +81,20 @@ class Family:
 
 FAMILIES: dict[str, Family] = {}
 
+# The built-in families by name, in listing order, and the module that registers each. A family's
+# module is imported when that family is asked for, so the data stages of one dataset import only
+# its module (the file-based and video families import torch; digits and CIFAR do not).
+BUILTIN = {
+    "cifar10": "longtail.data.cifar",
+    "cifar100": "longtail.data.cifar",
+    "digits": "longtail.data.digits",
+    "imagenet_lt": "longtail.data.imagelist",
+    "places_lt": "longtail.data.imagelist",
+    "inat2018": "longtail.data.imagelist",
+    "moving_digits": "longtail.data.video",
+    "egtea": "longtail.data.video",
+}
+
 
 def register(family: Family) -> Family:
     """Add ``family`` to the registry; a duplicate name is a programming error."""
@@ -90,25 +105,23 @@ def register(family: Family) -> Family:
 
 
 def names() -> tuple[str, ...]:
-    """Registered dataset names."""
-    _load_builtin()
-    return tuple(FAMILIES)
+    """Registered dataset names (the built-in ones first, without importing their modules)."""
+    return (*BUILTIN, *(name for name in FAMILIES if name not in BUILTIN))
 
 
 def get(name: str) -> Family:
     """The family called ``name``, or an error listing the valid names."""
-    _load_builtin()
+    if name not in FAMILIES and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])  # registers it
     if name not in FAMILIES:
-        raise ValueError(f"data.name: expected one of {', '.join(FAMILIES)}; got {name!r}")
+        raise ValueError(f"data.name: expected one of {', '.join(names())}; got {name!r}")
     return FAMILIES[name]
 
 
-def _load_builtin() -> None:
-    """Import the built-in family modules (each registers itself on import)."""
-    import longtail.data.cifar
-    import longtail.data.digits
-    import longtail.data.imagelist
-    import longtail.data.video  # noqa: F401
+def load_builtin() -> None:
+    """Import every built-in family module (each registers itself on import)."""
+    for module in dict.fromkeys(BUILTIN.values()):
+        importlib.import_module(module)
 
 
 # ----------------------------------------------------------------------------- prepared layout
@@ -210,6 +223,8 @@ class TensorSource:
         flip: bool,
         device: torch.device,
     ) -> None:
+        import torch
+
         self.images = images.to(device)
         self.labels = labels.to(torch.int64).cpu()
         self._labels_dev = self.labels.to(device)
@@ -224,6 +239,8 @@ class TensorSource:
     def batches(
         self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from longtail.data.augment import normalize, random_crop_flip
+
         order = order.to(self.device)
         augment = train and (self.padding > 0 or self.flip)
         for idx in order.split(batch_size):
@@ -235,6 +252,8 @@ class TensorSource:
 
 def open_arrays(ctx: SourceContext, split: str, *, padding: int, flip: bool) -> TensorSource:
     """A :class:`TensorSource` over ``<split>_images.npy`` and the split's manifest labels."""
+    import torch
+
     info = read_json(ctx.prepared_dir / "dataset.json")
     images = torch.from_numpy(np.load(ctx.prepared_dir / f"{split}_images.npy"))
     labels = torch.tensor(read_manifest(ctx.prepared_dir, split)["label"].to_numpy(np.int64))

@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 from longtail import io
-from longtail.nets.resnet import resnet10, resnet50, resnet152, resnext50
 from longtail.nets.resnet3d import resnet3d_small, resnext101_3d
 from longtail.nets.resnet_cifar import resnet32
 
@@ -57,12 +56,28 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
     return add
 
 
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder ``name`` of ``longtail.nets.resnet``, which imports torchvision at first use.
+
+    Importing torchvision's model zoo costs seconds of CPU; the default network (ResNet-32) and
+    the video networks do not need it, so the stages that build those never import it.
+    """
+
+    def build(num_classes: int, **kwargs: object) -> nn.Module:
+        from longtail.nets import resnet
+
+        return getattr(resnet, name)(num_classes, **kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
 for _name, _builder in (
     ("resnet32", resnet32),
-    ("resnet10", resnet10),
-    ("resnet50", resnet50),
-    ("resnet152", resnet152),
-    ("resnext50", resnext50),
+    ("resnet10", _torchvision_builder("resnet10")),
+    ("resnet50", _torchvision_builder("resnet50")),
+    ("resnet152", _torchvision_builder("resnet152")),
+    ("resnext50", _torchvision_builder("resnext50")),
     ("resnext101_3d", resnext101_3d),
     ("resnet3d_small", resnet3d_small),
 ):
@@ -259,3 +274,97 @@ def load_weights(
     if verbose:
         print(f"{path}: {report}")
     return report
+
+
+# ----------------------------------------------------------------------------- input size check
+def collapsed_downsampling(model: nn.Module, sample_shape: tuple[int, ...]) -> list[str]:
+    """The strided layers of ``model`` that would meet a 1-pixel map on an input of this shape.
+
+    ``model`` runs once, in eval mode without gradients (its state is left as it was), on one
+    zero sample of ``sample_shape`` (``(C, H, W)`` or ``(C, T, H, W)``) on its own device; a
+    forward pre-hook on every layer with a ``stride`` (convolutions, pooling) records those whose
+    stride is above 1 in a spatial dimension (the last two) that is already 1 pixel wide: such a
+    layer has nothing left to downsample, and every layer after it sees a single pixel (ResNet-50
+    on 8×8 digits reaches 1×1 in ``layer2``). Temporal strides are not checked.
+
+    Returns:
+        The names of those layers, in forward order (empty when the input fits).
+    """
+    hit: list[str] = []
+
+    def pre_hook(name: str, stride: tuple[int, ...]) -> Callable[..., None]:
+        def check(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            spatial = args[0].shape[-2:]
+            if any(s > 1 and size <= 1 for s, size in zip(stride[-2:], spatial, strict=True)):
+                hit.append(name)
+
+        return check
+
+    handles = []
+    for name, module in model.named_modules():
+        stride = getattr(module, "stride", None)
+        if stride is None or any(True for _ in module.children()):  # layers, not blocks
+            continue
+        stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+        if max(stride[-2:]) > 1:
+            handles.append(module.register_forward_pre_hook(pre_hook(name, stride)))
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *sample_shape, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return hit
+
+
+def smallest_input_size(arch: str, in_channels: int, sample_shape: tuple[int, ...]) -> int:
+    """The smallest square spatial size (other dims as in ``sample_shape``) ``arch`` takes.
+
+    Searched on a copy built on PyTorch's ``meta`` device (shapes only: no memory, no arithmetic).
+    """
+    with torch.device("meta"):
+        model = create(arch, 2, in_channels=in_channels)
+
+    def fits(size: int) -> bool:
+        return not collapsed_downsampling(model, (*sample_shape[:-2], size, size))
+
+    high = 1
+    while not fits(high):
+        high *= 2
+    low = high // 2  # does not fit (or 0)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high
+
+
+def check_input_size(
+    model: nn.Module, arch: str, sample_shape: tuple[int, ...], dataset: str
+) -> None:
+    """Refuse a network whose downsampling cannot take the dataset's input size.
+
+    Args:
+        model: the network built for the dataset (one forward of one sample; state unchanged).
+        arch: its registry name (the smallest size it takes is searched on a ``meta`` copy).
+        sample_shape: one input sample, ``(C, H, W)`` or ``(C, T, H, W)``.
+        dataset: ``data.name``, for the message.
+
+    Raises:
+        ValueError: naming the architecture, the input size, the smallest size it takes and the
+            first layer that would meet a 1-pixel map.
+    """
+    hit = collapsed_downsampling(model, sample_shape)
+    if not hit:
+        return
+    h, w = sample_shape[-2:]
+    n = smallest_input_size(arch, sample_shape[0], sample_shape)
+    raise ValueError(
+        f"model.arch: expected a network that can downsample the {h}×{w} inputs of {dataset}; "
+        f"got {arch}, which takes inputs of at least {n}×{n} (its layer {hit[0]} would meet a "
+        "1-pixel map, and every later layer a single pixel). Use model.arch: auto (the dataset's "
+        "network) or larger inputs (data.image_size, frames.size)"
+    )
