@@ -93,6 +93,7 @@ class DataConfig:
     pareto_alpha: float = _check(6.0, gt=0)
     image_size: int | None = _check(None, gt=0)
     workers: int = _check(2, ge=0)
+    skip_bad: bool = False
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,12 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def cache_dir() -> Path:
+    """The user cache of verified downloads and verify passes (``LONGTAIL_CACHE``, default
+    ``~/.cache/longtail``)."""
+    return Path(os.environ.get("LONGTAIL_CACHE", Path.home() / ".cache" / "longtail"))
+
+
 # ------------------------------------------------------------------------------- untrusted paths
 def relative_path(text: str, where: str) -> str:
     """``text`` if it is a relative POSIX path that stays under the folder it is joined to.

@@ -36,7 +36,6 @@ Training augmentation: RandomCrop(32, padding=4) + horizontal flip, done on the 
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import shutil
 import tarfile
@@ -135,7 +134,7 @@ def _cache_dir() -> Path:
     The download stage reruns when a ``data`` param it lists changes (``data.imbalance`` does, for
     the rendered video default); the cache keeps such a rerun from fetching the archive again.
     """
-    return Path(os.environ.get("LONGTAIL_CACHE", Path.home() / ".cache" / "longtail"))
+    return io.cache_dir()
 
 
 def _cached_archive(source: str, expected: str | None) -> Path | None:

@@ -18,7 +18,10 @@ class count (1,000 / 365 / 8,142; the message names the list); every class has t
 count is the published one when the lists have the published line counts (ImageNet-LT 115,846 /
 20,000 / 50,000, Places-LT 62,500 / 7,300 / 36,500, iNaturalist 2018 437,513 train and 24,426 in
 the official val list), else the largest label of any list + 1. Whether they match is printed and
-kept in ``dataset.json`` (``published_lists``).
+kept in ``dataset.json`` (``published_lists``). Every listed image is then decoded once
+(:mod:`longtail.data.verify`, parallel, cached): an image that does not decode stops the stage
+with the list, or with ``data.skip_bad: true`` leaves train and val; a bad test image stays listed
+and is scored as wrong (``bad_images.json``).
 
 A val split on iNaturalist 2018. CDB-CE's difficulties, a τ-norm sweep and a val-sourced BALMS meta
 set need one, and iNaturalist 2018 publishes none. ``data.val_per_class: k`` carves k images of
@@ -85,13 +88,14 @@ from torchvision.transforms.v2 import functional as F
 
 from longtail import io
 from longtail.config import DataConfig
-from longtail.data import base
+from longtail.data import base, verify
 from longtail.data.augment import normalize
 from longtail.data.imbalance import hold_out_per_class
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)  # classifier-balancing's
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+BAD_IMAGES = "bad_images.json"  # in data/prepared: split -> {path: why it does not decode}
 MANY_SHOT, FEW_SHOT = 100, 20  # OLTR's many (> 100 train images) and few (< 20) shot classes
 DEFAULT_IMAGE_SIZE = 224
 JITTER = 0.4  # brightness, contrast and saturation of ColorJitter; hue 0
@@ -473,6 +477,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
     check_disjoint(frames, roots, names)
     published = published_lines(spec, frames) if source["mode"] == "lists" else None
     num_classes = _num_classes(spec, frames, names, published)
+    bad = _verify(frames, roots, cfg)
     if source["splits"]["val"] is None and cfg.val_per_class:
         frames["train"], frames["val"] = _carve_val(frames["train"], cfg.val_per_class, seed)
     _check_classes(frames, num_classes, names)
@@ -489,11 +494,43 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "has_val": len(frames["val"]) > 0,
         "val_source": _val_source(source, cfg),
         "published_lists": published,
+        "bad_images": {split: len(paths) for split, paths in bad.items()},
         "data_seed": seed,
     }
+    io.write_json(out_dir / BAD_IMAGES, bad)
     if published is not None:
         print(published["summary"])
     base.write_prepared(out_dir, frames, class_list, info)
+
+
+def _verify(
+    frames: dict[str, pd.DataFrame], roots: dict[str, str], cfg: DataConfig
+) -> dict[str, dict[str, str]]:
+    """Decode every listed image once (cached); stop on bad ones, or drop them from train/val.
+
+    Bad test images stay in ``test.csv`` (they are listed, and count as wrong in ``evaluate``);
+    ``bad_images.json`` names them so that the test source leaves them out of the scored batches.
+    """
+    bad = {
+        split: verify.verify(roots[split], frame["path"], cfg.workers)
+        for split, frame in frames.items()
+    }
+    found = [(split, path, why) for split, paths in bad.items() for path, why in paths.items()]
+    if not found:
+        return bad
+    shown = "; ".join(f"{split} {path}: {why}" for split, path, why in found[:MISSING_SHOWN])
+    if not cfg.skip_bad:
+        raise ValueError(
+            f"data.skip_bad: expected every listed image to decode; {len(found)} do not ({shown}"
+            f"{'; ...' if len(found) > MISSING_SHOWN else ''}). Set data.skip_bad: true to drop "
+            f"them from train and val (a bad test image is kept and scored as wrong)"
+        )
+    for split in ("train", "val"):
+        keep = ~frames[split]["path"].isin(bad[split])
+        frames[split] = frames[split][keep].reset_index(drop=True)
+        frames[split]["index"] = np.arange(len(frames[split]))
+    print(f"data.skip_bad: {len(found)} images do not decode and are skipped ({shown})")
+    return bad
 
 
 def _val_source(source: dict, cfg: DataConfig) -> str:
@@ -777,10 +814,19 @@ class FileSource:
 
 
 def open_split(ctx: base.SourceContext, split: str) -> FileSource:
-    """A :class:`FileSource` over the split's manifest, as ``dataset.json`` describes it."""
+    """A :class:`FileSource` over the split's manifest, as ``dataset.json`` describes it.
+
+    Test images that the verify pass found undecodable are left out of the batches; their labels
+    are the source's ``unscored_labels`` (``evaluate`` counts them as wrong).
+    """
     info = base.read_json(ctx.prepared_dir / "dataset.json")
     frame = base.read_manifest(ctx.prepared_dir, split)
-    return FileSource(
+    bad_file = ctx.prepared_dir / BAD_IMAGES
+    bad = base.read_json(bad_file).get(split, {}) if bad_file.exists() else {}
+    unscored = frame["path"].isin(bad)
+    unscored_labels = torch.tensor(frame["label"][unscored].to_numpy(dtype=np.int64))
+    frame = frame[~unscored].reset_index(drop=True)
+    source = FileSource(
         Path(info.get("roots", {}).get(split, info["root"])),
         frame["path"].astype(str).tolist(),
         torch.tensor(frame["label"].to_numpy(dtype=np.int64)),  # int64 even when empty
@@ -791,6 +837,9 @@ def open_split(ctx: base.SourceContext, split: str) -> FileSource:
         workers=ctx.data.workers,
         device=ctx.device,
     )
+    if split == "test":
+        source.unscored_labels = unscored_labels
+    return source
 
 
 def _extractor(name: str) -> Callable[[object, Path, Path, Path], None]:
