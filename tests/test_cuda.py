@@ -476,7 +476,9 @@ def prepared(repo: Repo, update: dict) -> Repo:
 def test_pretrain_under_torchrun_on_cuda(repo: Repo, nproc: int, monkeypatch) -> None:
     """The training stage through the launcher and torchrun (NCCL with two GPUs)."""
     monkeypatch.setenv("LONGTAIL_TORCHRUN_ARGS", "--standalone")  # torchrun even for one process
-    prepared(repo, {"device": "cuda", "dist": {"nproc": nproc}, "pretrain": {"epochs": 1}})
+    # compile off: this checks the launch and NCCL; compiling is checked above and in gpu_check.
+    update = {"device": "cuda", "dist": {"nproc": nproc}, "pretrain": {"epochs": 1}}
+    prepared(repo, {**update, "train": {"compile": "off", "log_every_epochs": 1}})
     out = repo.run(sys.executable, "-m", "stages.launch", str(nproc), "pretrain").stdout
     expected = f"world size {nproc} (nccl)" if nproc > 1 else "world size 1:"
     assert expected in out, out
@@ -486,7 +488,9 @@ def test_pretrain_under_torchrun_on_cuda(repo: Repo, nproc: int, monkeypatch) ->
 # ---------------------------------------------------------------------------- the digits pipeline
 @cuda_only
 def test_digits_pipeline_end_to_end_on_cuda(repo: Repo) -> None:
-    prepared(repo, {"device": "cuda"})
+    # Tiny epochs, compile off: the wiring of device: cuda through every stage. The default
+    # pipeline (compiled) runs in ``python -m benchmarks.gpu_check``'s digits part.
+    prepared(repo, {"device": "cuda", "train": {"compile": "off", "log_every_epochs": 1}})
     for args in (("launch", "1", "pretrain"), ("launch", "1", "finetune"), ("evaluate",)):
         repo.run(sys.executable, "-m", f"stages.{args[0]}", *args[1:])
     result = json.loads((repo.root / "metrics" / "evaluate.json").read_text())
