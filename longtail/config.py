@@ -240,6 +240,7 @@ class TrainConfig:
     eval_batch_size: int = _check(1024, gt=0)
     checkpoint_minutes: float = _check(10.0, gt=0)
     log_every_epochs: int = _check(1, gt=0)
+    cpu_threads: int | None = _check(1, gt=0)  # torch's intra-op threads on the CPU; None: default
 
 
 @dataclass(frozen=True)

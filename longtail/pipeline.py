@@ -172,11 +172,13 @@ class EpochLogger:
     Every run starts from an empty directory; a resumed run first replays the epochs stored in its
     checkpoint (:meth:`replay`), so the curves continue where they stopped and end identical to an
     uninterrupted run's (an epoch the killed run logged after its last checkpoint is not
-    duplicated). The DVCLive step of epoch ``e`` is ``e``.
+    duplicated). The DVCLive step of epoch ``e`` is ``first_step + e``: the finetune stage starts
+    where pretrain's epochs end, so its curves continue after pretrain's on one step axis.
     """
 
-    def __init__(self, directory: Path, enabled: bool = True) -> None:
+    def __init__(self, directory: Path, enabled: bool = True, first_step: int = 0) -> None:
         self.enabled = enabled
+        self.first_step = first_step
         self.live = None
         if enabled:
             from dvclive import Live
@@ -188,7 +190,7 @@ class EpochLogger:
     def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.live is None:
             return
-        self.live.step = epoch
+        self.live.step = self.first_step + epoch
         for key, value in metrics.items():
             if key != "epoch":
                 self.live.log_metric(key, float(value))
@@ -207,6 +209,32 @@ class EpochLogger:
     def close(self) -> None:
         if self.live is not None:
             self.live.end()
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` prints it (``/proc/cpuinfo``), else the platform's."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine(device: Any) -> dict[str, Any]:
+    """What a result depends on besides params, code and data, for the metrics files.
+
+    Floating-point results differ in their last digits between CPU models and thread counts (and
+    300 test images turn one changed prediction into 0.33 points), so the metrics record the CPU
+    model, torch's thread count and the device: ``dvc metrics diff`` then shows why a fresh run's
+    numbers moved.
+    """
+    import torch
+
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": str(device.type)}
 
 
 def write_plot_csv(path: Path, rows: list[dict[str, Any]]) -> None:

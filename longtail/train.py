@@ -75,6 +75,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_cpu_threads(threads: int | None, device: torch.device) -> None:
+    """torch's intra-op thread count for a CPU run (``None`` keeps torch's default).
+
+    The thread count changes the floating-point summation order, hence the last digits of every
+    result: a fixed count (``train.cpu_threads``) makes CPU runs comparable across machines with
+    different core counts. CUDA runs are left alone.
+    """
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)
+
+
 def set_determinism(enabled: bool, device: torch.device) -> None:
     """Make runs repeat exactly (CPU: bit for bit; CUDA: PyTorch's documented switches).
 

@@ -44,7 +44,7 @@ def start(cfg: Config) -> tuple[torch.device, World]:
         ``(device of this rank, world)``; ``cuda:<local_rank>`` on CUDA.
     """
     from longtail import distributed
-    from longtail.train import resolve_device, set_determinism
+    from longtail.train import resolve_device, set_cpu_threads, set_determinism
 
     device = resolve_device(cfg.device)
     world = distributed.init(device, cfg.dist.backend)
@@ -55,6 +55,7 @@ def start(cfg: Config) -> tuple[torch.device, World]:
             f"{world.size} processes on {device.type} (set dist.sync_bn: false)"
         )
     set_determinism(cfg.determinism, device)
+    set_cpu_threads(cfg.train.cpu_threads, device)
     return device, world
 
 
@@ -150,6 +151,7 @@ def train_stage(
     sampler_options: dict | None = None,
     setup=None,
     world: World | None = None,
+    first_step: int = 0,
 ) -> dict:
     """Train ``model`` with one loss and sampler under the shared loop; returns final metrics.
 
@@ -158,12 +160,13 @@ def train_stage(
     is done). ``sampler_options`` go to the sampler's constructor; ``setup(trainer)``, if given,
     runs once the trainer is built and before it resumes (decoupled retraining swaps in
     frozen-feature sources and the BALMS meta step there). ``world``: the processes of a torchrun
-    launch (one by default).
+    launch (one by default). ``first_step``: the DVCLive step of the first epoch (finetune's
+    curves continue after pretrain's epochs).
     """
     from longtail import io, losses, samplers
     from longtail.data.base import class_counts
     from longtail.distributed import World
-    from longtail.pipeline import EpochLogger, signature
+    from longtail.pipeline import EpochLogger, machine, signature
     from longtail.train import Checkpointer, Trainer
 
     fam = family(cfg)
@@ -220,7 +223,7 @@ def train_stage(
     )
     if setup is not None:
         setup(trainer)
-    logger = EpochLogger(LIVE / stage, enabled=world.is_main)
+    logger = EpochLogger(LIVE / stage, enabled=world.is_main, first_step=first_step)
     trainer.log_epoch = logger
     if trainer.resume():
         logger.replay(trainer.history)
@@ -240,6 +243,7 @@ def train_stage(
         "loss": loss_cfg.name,
         "sampler": sampler_name,
         "seconds": round(sum(h["seconds"] for h in history), 3),
+        **machine(device),
         **final,
     }
     world.barrier()  # every rank is done before rank 0 writes

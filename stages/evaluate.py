@@ -12,8 +12,8 @@ import torch
 from longtail import io
 from longtail.data.base import class_counts, read_json
 from longtail.metrics import confusion_matrix, expected_calibration_error, summarize
-from longtail.pipeline import load_model, run_stage, write_plot_csv
-from longtail.train import FastPath, predict, resolve_device, set_determinism
+from longtail.pipeline import load_model, machine, run_stage, write_plot_csv
+from longtail.train import FastPath, predict, resolve_device, set_cpu_threads, set_determinism
 from stages import common
 
 NOT_SCORED = "(not scored)"  # the confusion column of test samples that could not be decoded
@@ -23,6 +23,7 @@ def main() -> None:
     cfg = common.config()
     device = resolve_device(cfg.device)
     set_determinism(cfg.determinism, device)
+    set_cpu_threads(cfg.train.cpu_threads, device)
     model, blob = load_model(common.MODELS / "final.pt", writer="finetune")
     model.to(device)
     test = common.family(cfg).open(common.context(cfg, device), "test")
@@ -37,6 +38,7 @@ def main() -> None:
     result = summarize(conf, counts, cfg.evaluate.many_shot, cfg.evaluate.few_shot, missed)
     result["ece"] = expected_calibration_error(torch.softmax(logits, 1), labels)
     result["finetune_mode"] = blob.get("mode", "none")
+    result.update(machine(device))  # the CPU model: results move in the last digits across CPUs
     io.write_json(common.METRICS / "evaluate.json", result)
     names = read_json(common.PREPARED / "class_counts.json")["names"]
     acc = conf.diag().double() / (conf.sum(1) + missed).clamp(min=1)

@@ -4,11 +4,18 @@
 see that module). Writes ``models/final.pt``, ``metrics/finetune.json``, ``dvclive/finetune`` (the
 per-epoch curves of the modes that train), ``checkpoints/finetune.ckpt`` and ``plots/finetune/``
 (the meta sampler's per-class sampling rates, the τ sweep, the LWS scales, when the mode makes
-them). Run: ``python -m stages.finetune``, or ``python -m stages.launch N finetune`` for N
-processes through torchrun (what dvc.yaml runs, with ``N = dist.nproc``); only rank 0 writes.
+them), and ``metrics/dvc.yaml``, which declares to ``dvc plots`` the finetune curves (when the
+mode trains) and exactly the tables this mode wrote: the top-level dvc.yaml cannot declare a file
+that only some modes write without ``dvc plots show`` warning about it in the others. It sits in
+``metrics/``, in git with the metrics JSON, because DVC reads no dvc.yaml inside a git-ignored
+folder or a stage output. The curves' steps continue after pretrain's epochs. Run:
+``python -m stages.finetune``, or ``python -m stages.launch N finetune`` for N processes through
+torchrun (what dvc.yaml runs, with ``N = dist.nproc``); only rank 0 writes.
 """
 
 import shutil
+
+import yaml
 
 from longtail import decouple, io
 from longtail.config import to_dict
@@ -18,7 +25,21 @@ from longtail.train import FastPath
 from stages import common
 
 PLOTS = common.PLOTS / "finetune"
+PLOTS_DECLARED = common.METRICS / "dvc.yaml"  # the plots of what this mode wrote
 PARAM_SECTIONS = ("seed", "determinism", "loss", "finetune", "train", "evaluate")
+# The DVCLive curves of the finetune stage, declared when the mode trains (paths from PLOTS).
+CURVES = {
+    "finetune_train_loss": ("train/loss.tsv", "loss"),
+    "finetune_val_top1": ("val/top1.tsv", "top1"),
+    "finetune_val_few": ("val/few.tsv", "few"),
+}
+# The plot of each table of ``Outcome.plots`` (name, template, x, y); a table without an entry is
+# written, not declared.
+TABLES = {
+    "meta_sampling": ("meta_sampling_rates", "scatter_logx", "train_count", "class_prob"),
+    "tau_norm": ("tau_norm_sweep", "linear", "tau", "mean_class_accuracy"),
+    "lws_scales": ("lws_scales", "scatter_logx", "train_count", "scale"),
+}
 
 
 def main() -> None:
@@ -26,6 +47,7 @@ def main() -> None:
     device, world = common.start(cfg)
     source = common.MODELS / "pretrain.pt"
     model, blob = load_model(source, writer="pretrain")
+    pretrain_epochs = int(blob["config"]["pretrain"]["epochs"])  # where finetune's steps start
     classes = read_json(common.PREPARED / "class_counts.json")
     ctx = common.context(cfg, device)
 
@@ -47,6 +69,7 @@ def main() -> None:
             setup=setup,
             train_mode=train_mode,
             world=world,
+            first_step=pretrain_epochs,
         )
 
     job = decouple.Job(
@@ -87,12 +110,35 @@ def write_outputs(outcome: decouple.Outcome, mode: str) -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
     for name, rows in outcome.plots.items():
         write_plot_csv(PLOTS / f"{name}.csv", rows)
+    io.write_text(PLOTS_DECLARED, plots_yaml(outcome, mode))
     if not outcome.trained:
         live = common.LIVE / "finetune"
         shutil.rmtree(live, ignore_errors=True)
         (live / "plots").mkdir(parents=True)
         # A checkpoint without a signature never resumes; it only marks that nothing trained.
         io.save_torch({"stage": "finetune", "mode": mode}, common.CHECKPOINTS / "finetune.ckpt")
+
+
+def plots_yaml(outcome: decouple.Outcome, mode: str) -> str:
+    """``metrics/dvc.yaml``: the plots of what this mode wrote (paths relative to ``metrics/``)."""
+    up = "../" * len(PLOTS_DECLARED.parent.parts)
+    live = up + (common.LIVE / "finetune" / "plots" / "metrics").as_posix()
+    plots = []
+    if outcome.trained:
+        for name, (tsv, column) in CURVES.items():
+            curve = {"template": "linear", "x": "step", "y": {f"{live}/{tsv}": column}}
+            plots.append({name: curve})
+    for name in outcome.plots:
+        if name in TABLES:
+            plot, template, x, y = TABLES[name]
+            table = up + (PLOTS / f"{name}.csv").as_posix()
+            plots.append({plot: {"template": template, "x": x, "y": {table: y}}})
+    header = (
+        f"# Written by the finetune stage (finetune.mode: {mode}): the plots of the finetune\n"
+        "# curves and of the tables this mode wrote, for dvc plots show / diff. Commit it with\n"
+        "# the metrics JSON; the stage rewrites it.\n"
+    )
+    return header + yaml.safe_dump({"plots": plots}, sort_keys=False)
 
 
 def summary_line(metrics: dict) -> str:

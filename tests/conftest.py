@@ -24,6 +24,7 @@ TRACKED = [
     "pyproject.toml",
     ".dvc/config",
     ".dvc/.gitignore",
+    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]
