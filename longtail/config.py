@@ -113,10 +113,17 @@ class FramesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``model``: the network; ``auto`` picks the dataset's backbone from the papers."""
+    """``model``: the network; ``auto`` picks the dataset's backbone from the papers.
+
+    ``classifier`` names a head of ``longtail.nets.heads`` (``linear``, or ``cosine``: LDAM-DRW's
+    normalised classifier); ``bias_init`` the classifier bias initialisation (``default``, or
+    ``prior``: -log((1 - 1/C) / (1/C)), CDB-CE's CIFAR code).
+    """
 
     arch: str = "auto"
     weights: str | None = None
+    classifier: str = "linear"
+    bias_init: str = "default"
 
 
 @dataclass(frozen=True)
@@ -491,13 +498,19 @@ def _check_data(config: Config) -> None:
 
 
 def _check_training(config: Config) -> None:
-    """Loss options, sampler and network names that pick from the torch-based registries."""
+    """Loss options, sampler, network and head names that pick from the torch-based registries."""
     from longtail import nets, samplers
+    from longtail.nets import heads
 
     _check_loss(config.pretrain.loss, "pretrain.loss")
     _check_loss(config.loss, "loss")
     if config.model.arch != "auto" and config.model.arch not in nets.names():
         _fail("model.arch", "one of auto, " + ", ".join(nets.names()), config.model.arch)
+    if config.model.classifier not in heads.names():
+        _fail("model.classifier", "one of " + ", ".join(heads.names()), config.model.classifier)
+    if config.model.bias_init not in heads.BIAS_INITS:
+        _fail("model.bias_init", "one of " + ", ".join(heads.BIAS_INITS), config.model.bias_init)
+    _check_head(config.model, config.finetune.mode)
     for key, name in (
         ("pretrain.sampler", config.pretrain.sampler),
         ("finetune.sampler", config.finetune.sampler),
@@ -510,6 +523,21 @@ def _check_training(config: Config) -> None:
             samplers.stage_options(sampler, samples_per_class=section.samples_per_class)
         except ValueError as err:
             raise ConfigError(f"{stage}.{err}") from None
+
+
+def _check_head(model: ModelConfig, mode: str) -> None:
+    """The head must take the finetune mode and the bias initialisation."""
+    from longtail.nets import heads
+
+    why = heads.refusal(model.classifier, mode)
+    if why is not None:
+        raise ConfigError(
+            f"finetune.mode: {mode} makes no sense with model.classifier: {model.classifier} "
+            f"({why}); expected another finetune.mode or model.classifier: linear"
+        )
+    why = heads.bias_refusal(model.bias_init, model.classifier)
+    if why is not None:
+        raise ConfigError(f"model.bias_init: {why}; expected model.bias_init: default")
 
 
 def load(path: str | Path = "params.yaml", training: bool = True) -> Config:

@@ -10,8 +10,9 @@ Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020
 ``full``
     Fine-tune every layer with ``loss`` and ``finetune.sampler`` (LDAM-DRW's deferred stage).
 ``classifier``
-    Freeze the backbone, re-initialise the linear classifier (``nn.Linear``'s default,
-    U(±1/sqrt(D)), from a generator seeded by ``seed``) and retrain it with ``loss`` and
+    Freeze the backbone, re-initialise the classifier head (its own fresh initialisation from a
+    generator seeded by ``seed``: ``nn.Linear``'s default U(±1/sqrt(D)) for a linear head,
+    LDAM's for a cosine head; ``longtail.nets.heads``) and retrain it with ``loss`` and
     ``finetune.sampler``: cRT with ``class_balanced`` + ``ce``, decoupled Balanced Softmax with
     ``instance`` + ``balanced_softmax``, BALMS with ``meta`` + ``balanced_softmax``
     (:mod:`longtail.meta`).
@@ -30,7 +31,9 @@ Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020
     ``class_balanced`` sampler (the method's definition, so ``finetune.sampler`` is not read) and
     the optimiser settings of ``finetune`` (weight decay applies to the scales, as in
     classifier-balancing's LWS config). The scales are then folded into the classifier
-    (``w_c <- s_c w_c``, ``b_c <- s_c b_c``), so ``models/final.pt`` is the plain architecture.
+    (``w_c <- s_c w_c``, ``b_c <- s_c b_c``; a cosine head keeps them in its per-class ``scales``
+    buffer, since it normalises its class vectors), so ``models/final.pt`` is the plain
+    architecture.
 ``partial``
     Partial fine-tuning (FBL and OLTR on Places-LT, juyongjiang/FBL ``train.py``): the network is
     frozen in eval mode except the modules named in ``finetune.train_blocks`` (e.g. ``layer4.2``,
@@ -71,7 +74,6 @@ split once (a sampler may draw any image) and only the classifier is wrapped in 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -84,6 +86,7 @@ from longtail.config import FinetuneConfig, LossConfig
 from longtail.data.base import Source
 from longtail.meta import MetaSampler, MetaSource, meta_set
 from longtail.metrics import confusion_matrix, summarize
+from longtail.nets import heads
 from longtail.train import FastPath
 
 # Losses whose per-image form the BALMS inner step knows: name -> whether it adds log n_c.
@@ -198,10 +201,12 @@ class ScaledHead(nn.Module):
 
     @torch.no_grad()
     def fold(self) -> None:
-        """Fold the scales into ``fc``: ``w_c <- s_c w_c``, ``b_c <- s_c b_c``, then ``s <- 1``."""
-        self.fc.weight.mul_(self.scales[:, None])
-        if self.fc.bias is not None:
-            self.fc.bias.mul_(self.scales)
+        """Fold the scales into ``fc``, then ``s <- 1``.
+
+        A linear head takes ``w_c <- s_c w_c``, ``b_c <- s_c b_c``; a cosine head, whose class
+        vectors are normalised in its forward pass, multiplies its per-class ``scales`` buffer.
+        """
+        heads.adapt(self.fc).fold_scales(self.scales)
         self.scales.fill_(1.0)
 
 
@@ -211,14 +216,10 @@ def freeze(model: nn.Module) -> None:
     model.eval()
 
 
-def reset_classifier(fc: nn.Linear, seed: int) -> None:
-    """``nn.Linear``'s default initialisation, U(±1/sqrt(in_features)), drawn from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    bound = 1.0 / math.sqrt(fc.in_features)
-    with torch.no_grad():
-        fc.weight.copy_(torch.empty(fc.weight.shape).uniform_(-bound, bound, generator=gen))
-        if fc.bias is not None:
-            fc.bias.copy_(torch.empty(fc.bias.shape).uniform_(-bound, bound, generator=gen))
+def reset_classifier(fc: nn.Module, seed: int) -> None:
+    """The head's fresh initialisation drawn from ``seed`` (``longtail.nets.heads``): for a linear
+    head ``nn.Linear``'s default, U(±1/sqrt(in_features)); for a cosine head LDAM's."""
+    heads.adapt(fc).reset(torch.Generator().manual_seed(seed))
 
 
 def tau_normalized(weight: Tensor, tau: float) -> Tensor:

@@ -495,36 +495,67 @@ class BalancedSoftmax(LongTailLoss):
 
 
 # --------------------------------------------------------------------------------------- CDB-CE
-def cdb_dynamic_tau(per_class_accuracy: Tensor) -> Tensor:
-    """CDB-CE's dynamic tau: b = max A / (min A + 0.01), tau = 2 * sigmoid(b - 1); 0-dim tensor."""
+def cdb_dynamic_tau(per_class_accuracy: Tensor, rule: str = "shifted_sigmoid") -> Tensor:
+    """CDB-CE's dynamic tau from b = max A / (min A + 0.01); 0-dim float64 tensor.
+
+    ``rule``: ``sigmoid`` is tau = sigmoid(b) (the authors' CIFAR-LT and EGTEA code),
+    ``shifted_sigmoid`` is tau = 2 * sigmoid(b - 1) (their ImageNet-LT code).
+    """
     acc = per_class_accuracy.to(torch.float64)
     bias = acc.max() / (acc.min() + CDB_DYNAMIC_EPS)
-    return 2.0 * torch.sigmoid(bias - 1.0)
+    return CDB_TAU_RULES[rule](bias)
 
 
-def cdb_weights(per_class_accuracy: Tensor, tau: float | str) -> tuple[Tensor, Tensor]:
+# name -> tau as a function of b (0-dim tensors).
+CDB_TAU_RULES: dict[str, Callable[[Tensor], Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "shifted_sigmoid": lambda b: 2.0 * torch.sigmoid(b - 1.0),
+}
+
+
+def cdb_weights(
+    per_class_accuracy: Tensor, tau: float | str, rule: str = "shifted_sigmoid"
+) -> tuple[Tensor, Tensor]:
     """CDB weights w_c = d_c^tau rescaled to sum to C, with d_c = max(1 - A_c, 1e-3).
 
     Args:
         per_class_accuracy: (C,) validation accuracy per class, in [0, 1].
         tau: a number >= 0 or ``"dynamic"``.
+        rule: the dynamic-tau rule (a key of :data:`CDB_TAU_RULES`); unused for a number.
 
     Returns:
         ``(weights, tau_used)``: (C,) float64 weights summing to C, and the 0-dim tau applied.
     """
     acc = per_class_accuracy.to(torch.float64)
     difficulty = (1.0 - acc).clamp_min(CDB_MIN_DIFFICULTY)  # (C,), never 0: see CDBCrossEntropy
-    tau_used = cdb_dynamic_tau(acc) if tau == "dynamic" else acc.new_tensor(float(tau))
+    tau_used = cdb_dynamic_tau(acc, rule) if tau == "dynamic" else acc.new_tensor(float(tau))
     # d^tau / sum d^tau as a softmax of tau * log d: no underflow to 0/0 for large tau.
     weights = torch.softmax(tau_used * difficulty.log(), dim=0) * acc.numel()
     return weights, tau_used
 
 
-def cdb_ce_loss(logits: Tensor, targets: Tensor, class_weights: Tensor) -> Tensor:
-    """CDB-CE: per-sample weighted CE, sum_i w_{y_i} l_i / B."""
+def _normalized_batch_mean(per_sample: Tensor, sample_weights: Tensor) -> Tensor:
+    """sum_i w_i l_i / sum_i w_i, as ``F.cross_entropy(weight=...)`` reduces."""
+    return (sample_weights * per_sample).sum() / sample_weights.sum()
+
+
+# CDB-CE's batch reductions by name: (per-sample loss (B,), per-sample weight (B,)) -> scalar.
+CDB_REDUCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mean": _weighted_batch_mean,
+    "normalized": _normalized_batch_mean,
+}
+
+
+def cdb_ce_loss(
+    logits: Tensor, targets: Tensor, class_weights: Tensor, reduction: str = "mean"
+) -> Tensor:
+    """CDB-CE: per-sample weighted CE reduced by ``reduction``.
+
+    ``mean``: sum_i w_{y_i} l_i / B; ``normalized``: sum_i w_{y_i} l_i / sum_i w_{y_i}.
+    """
     z = _upcast(logits)
     nll = F.cross_entropy(z, targets, reduction="none")  # (B,)
-    return _weighted_batch_mean(nll, class_weights.to(z.dtype)[targets])
+    return CDB_REDUCTIONS[reduction](nll, class_weights.to(z.dtype)[targets])
 
 
 def _cdb_tau(value: object) -> float | str:
@@ -546,8 +577,10 @@ class CDBCrossEntropy(LongTailLoss):
     per-sample weight w_y. Before the first update the weights are all ones (the original starts
     from d_c = 1 for every class).
 
-    tau: a number, or ``dynamic``: b = max A / (min A + 0.01), tau = 2 * sigmoid(b - 1), as in the
-    authors' ImageNet-LT code; their CIFAR-LT and EGTEA code use sigmoid(b). With b in [0, 100],
+    tau: a number, or ``dynamic``: b = max A / (min A + 0.01) and ``tau_rule`` picks tau(b):
+    ``shifted_sigmoid`` (the default) is 2 * sigmoid(b - 1), the authors' ImageNet-LT code
+    (``ImageNet-LT/loss/CDBSoftmaxLoss.py``); ``sigmoid`` is sigmoid(b), their CIFAR-LT and EGTEA
+    code (``CIFAR-LT/losses/cdb_loss.py``, ``EGTEA/losses/cdb_loss.py``). With b in [0, 100],
     sigmoid(b) stays in [0.5, 1) (near 1 once b > 3), whereas 2 * sigmoid(b - 1) spans
     [0.54, 2) and keeps growing with the accuracy gap.
 
@@ -561,33 +594,46 @@ class CDBCrossEntropy(LongTailLoss):
     - all classes perfect: every d_c equals the floor, so every weight is 1 (no 0 / 0). The
       normalisation is computed as C * softmax(tau * log d), which cannot divide by zero.
 
-    Reduction: sum_i w_{y_i} l_i / B, the mean over the batch of the weighted per-sample loss,
-    as in the authors' CIFAR-LT and EGTEA code (``reduction='none'`` then ``torch.mean``), the same
-    reduction as ``class_balanced`` here, so the two compare on one footing. Their
-    ImageNet-LT code uses ``nn.CrossEntropyLoss(weight=...)``, which divides by sum_i w_{y_i}
-    instead, renormalising every batch so that the weights' overall scale (they sum to C over
-    classes, not over the batch) no longer changes the step size.
+    Reduction (``reduction``): ``mean`` (the default) is sum_i w_{y_i} l_i / B, the mean over the
+    batch of the weighted per-sample loss, as in the authors' CIFAR-LT and EGTEA code
+    (``reduction='none'`` then ``torch.mean``), the same reduction as ``class_balanced`` here, so
+    the two compare on one footing. ``normalized`` is sum_i w_{y_i} l_i / sum_i w_{y_i}, what
+    their ImageNet-LT code's ``nn.CrossEntropyLoss(weight=...)`` computes: every batch is
+    renormalised, so the weights' overall scale (they sum to C over classes, not over the batch)
+    no longer changes the step size.
 
     Buffers: ``weights`` (C,) and ``tau_used`` (the tau of the last update, for logging); both
     are checkpointed. Before the first update ``tau_used`` is the fixed tau, or for ``dynamic``
-    the rule's value at the initial A = 0, 2 * sigmoid(-1) ~ 0.54 (the weights are ones either
-    way). ``update`` synchronises with the host; ``forward`` does not.
+    the rule's value at the initial A = 0 (2 * sigmoid(-1) ~ 0.54, or sigmoid(0) = 0.5; the
+    weights are ones either way). ``update`` synchronises with the host; ``forward`` does not.
 
     Options:
         tau: a number >= 0 (numeric strings accepted) or ``"dynamic"``.
+        reduction: ``mean`` or ``normalized``.
+        tau_rule: ``shifted_sigmoid`` or ``sigmoid`` (read only with ``tau: dynamic``).
     """
 
     requires_val = True
 
-    def __init__(self, class_counts: Sequence[int] | Tensor, *, tau: float | str = 1.0) -> None:
+    def __init__(
+        self,
+        class_counts: Sequence[int] | Tensor,
+        *,
+        tau: float | str = 1.0,
+        reduction: str = "mean",
+        tau_rule: str = "shifted_sigmoid",
+    ) -> None:
         super().__init__(class_counts)
         self.tau = _cdb_tau(tau)
-        weights, tau_used = cdb_weights(torch.zeros(self.num_classes), self.tau)  # d_c = 1
+        self.reduction = _choice("reduction", reduction, tuple(CDB_REDUCTIONS))
+        self.tau_rule = _choice("tau_rule", tau_rule, tuple(CDB_TAU_RULES))
+        zeros = torch.zeros(self.num_classes)
+        weights, tau_used = cdb_weights(zeros, self.tau, self.tau_rule)  # d_c = 1
         self.register_buffer("weights", weights.float())  # (C,) all ones
         self.register_buffer("tau_used", tau_used.float())  # ()
 
     def forward(self, logits: Tensor, targets: Tensor, features: Tensor) -> Tensor:
-        return cdb_ce_loss(self._logits(logits), targets, self.weights)
+        return cdb_ce_loss(self._logits(logits), targets, self.weights, self.reduction)
 
     def update(self, per_class_accuracy: Tensor) -> None:
         """Recompute the weights from the per-class validation accuracy (C,) in [0, 1]."""
@@ -603,12 +649,12 @@ class CDBCrossEntropy(LongTailLoss):
             raise ValueError(
                 f"per_class_accuracy: expected values in [0, 1], got {acc[c].item()} for class {c}"
             )
-        weights, tau_used = cdb_weights(acc, self.tau)
+        weights, tau_used = cdb_weights(acc, self.tau, self.tau_rule)
         self.weights.copy_(weights)
         self.tau_used.copy_(tau_used)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+        return f"tau={self.tau}, reduction={self.reduction}, tau_rule={self.tau_rule}"
 
 
 # ------------------------------------------------------------------------------------------ FBL

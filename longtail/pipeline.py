@@ -101,6 +101,7 @@ def save_model(
     in_channels: int,
     config: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    classifier: str = "linear",
 ) -> None:
     """Atomically write a model file with everything needed to rebuild it."""
     io.save_torch(
@@ -108,6 +109,7 @@ def save_model(
             "arch": arch,
             "num_classes": num_classes,
             "in_channels": in_channels,
+            "classifier": classifier,
             "state_dict": model.state_dict(),
             "config": dict(config),
             **(extra or {}),
@@ -131,13 +133,21 @@ def load_model(path: Path, writer: str = "<the stage that writes it>") -> tuple[
         UnsafeFileError: the file holds other objects (it is not loaded).
         ValueError: the file is truncated or not a model file.
     """
+    import torch
+
     from longtail import nets
 
     if not Path(path).exists():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
     rewrite = f"dvc repro --force {writer}"
     blob = _read_model_file(path, rewrite)
-    model = nets.create(blob["arch"], blob["num_classes"], in_channels=blob["in_channels"])
+    with torch.random.fork_rng(devices=[]):  # the head's initial draw is overwritten below
+        model = nets.create(
+            blob["arch"],
+            blob["num_classes"],
+            in_channels=blob["in_channels"],
+            classifier=blob.get("classifier", "linear"),  # files from before model.classifier
+        )
     model.load_state_dict(blob["state_dict"])
     return model, blob
 

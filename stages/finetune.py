@@ -98,6 +98,7 @@ def main() -> None:
             blob["in_channels"],
             to_dict(cfg),
             extra={"mode": cfg.finetune.mode},
+            classifier=blob.get("classifier", "linear"),
         )
         print(f"[finetune] mode {cfg.finetune.mode}: {summary_line(outcome.metrics)}")
     common.finish(world)

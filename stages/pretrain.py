@@ -23,7 +23,13 @@ def main() -> None:
     num_classes = len(class_counts(common.PREPARED))
     arch = common.arch(cfg)
     torch.manual_seed(cfg.seed)  # the network's initialisation
-    model = nets.create(arch, num_classes, in_channels=info["in_channels"])
+    model = nets.create(
+        arch,
+        num_classes,
+        in_channels=info["in_channels"],
+        classifier=cfg.model.classifier,
+        bias_init=cfg.model.bias_init,
+    )
     nets.check_input_size(model, arch, common.sample_shape(cfg, device), cfg.data.name)
     if cfg.model.weights:
         print(nets.load_weights(model, cfg.model.weights))
@@ -50,7 +56,15 @@ def main() -> None:
     )
     if world.is_main:
         path = common.MODELS / "pretrain.pt"
-        save_model(path, model, arch, num_classes, info["in_channels"], to_dict(cfg))
+        save_model(
+            path,
+            model,
+            arch,
+            num_classes,
+            info["in_channels"],
+            to_dict(cfg),
+            classifier=cfg.model.classifier,
+        )
     common.finish(world)
 
 

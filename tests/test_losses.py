@@ -271,6 +271,56 @@ def test_cdb_dynamic_tau() -> None:
     torch.testing.assert_close(loss.weights, torch.tensor([p / sum(powered) * 3 for p in powered]))
 
 
+@pytest.mark.parametrize(
+    ("rule", "tau_of_b"),
+    [
+        ("sigmoid", lambda b: 1 / (1 + math.exp(-b))),  # CIFAR-LT / EGTEA code
+        ("shifted_sigmoid", lambda b: 2 / (1 + math.exp(-(b - 1)))),  # ImageNet-LT code
+    ],
+)
+def test_cdb_dynamic_tau_rules_match_their_closed_forms(rule: str, tau_of_b: object) -> None:
+    accuracy = [0.2, 0.6, 0.3]
+    tau = tau_of_b(0.6 / (0.2 + 0.01))
+    loss = losses.create("cdb_ce", COUNTS, tau="dynamic", tau_rule=rule)
+    loss.update(torch.tensor(accuracy))
+    assert loss.tau_used.item() == pytest.approx(tau, rel=1e-6)
+    powered = [(1 - a) ** tau for a in accuracy]
+    torch.testing.assert_close(loss.weights, torch.tensor([p / sum(powered) * 3 for p in powered]))
+
+
+def test_cdb_default_rule_is_the_shifted_sigmoid() -> None:
+    assert losses.create("cdb_ce", COUNTS).tau_rule == "shifted_sigmoid"
+    assert losses.create("cdb_ce", COUNTS).reduction == "mean"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "normalized"])
+def test_cdb_reductions_match_their_closed_forms(reduction: str) -> None:
+    loss = losses.create("cdb_ce", COUNTS, tau=1.0, reduction=reduction)
+    loss.update(torch.tensor([0.8, 0.5, 0.0]))  # d = 0.2, 0.5, 1.0 -> w = (0.2, 0.5, 1.0) * 3 / 1.7
+    w = [0.2 * 3 / 1.7, 0.5 * 3 / 1.7, 1.0 * 3 / 1.7]
+    terms = [w[t] * nll(row, t) for row, t in zip(ROWS, TARGETS, strict=True)]
+    divisor = {"mean": len(ROWS), "normalized": w[TARGETS[0]] + w[TARGETS[1]]}[reduction]
+    assert float(loss(*batch())) == pytest.approx(sum(terms) / divisor, rel=1e-6)
+
+
+def test_cdb_normalized_reduction_with_equal_weights_is_ce() -> None:
+    loss = losses.create("cdb_ce", COUNTS, reduction="normalized")  # weights start at ones
+    expected = sum(nll(row, t) for row, t in zip(ROWS, TARGETS, strict=True)) / len(ROWS)
+    assert float(loss(*batch())) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("reduction", "sum", 'reduction: expected one of mean, normalized, got "sum"'),
+        ("tau_rule", "tanh", 'tau_rule: expected one of sigmoid, shifted_sigmoid, got "tanh"'),
+    ],
+)
+def test_cdb_bad_variant_names_are_refused(option: str, value: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        losses.create("cdb_ce", COUNTS, **{option: value})
+
+
 def test_cdb_fixed_tau_is_reported_and_numeric_strings_parse() -> None:
     loss = losses.create("cdb_ce", COUNTS, tau="1.5")
     assert loss.tau == 1.5
@@ -557,7 +607,7 @@ def test_option_names() -> None:
     assert losses.option_names("ldam") == ("max_m", "s", "weights", "beta")
     assert losses.option_names("logit_adjust") == ("tau",)
     assert losses.option_names("balanced_softmax") == ()
-    assert losses.option_names("cdb_ce") == ("tau",)
+    assert losses.option_names("cdb_ce") == ("tau", "reduction", "tau_rule")
     assert losses.option_names("fbl") == ("lam", "eps")
 
 

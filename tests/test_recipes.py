@@ -28,9 +28,7 @@ COMMAND = re.compile(r"dvc exp run [^`\n]*")
 FLAGS = {"--queue", "--temp", "-f", "--force"}  # `dvc exp run` flags a recipe may carry
 NAMED = {"-n", "--name"}  # flags followed by a value
 # Params keys recipes need that longtail.config does not accept yet: key -> why.
-MISSING = {
-    "model.classifier": "LDAM-DRW's cosine (NormedLinear) classifier; no model option for it yet",
-}
+MISSING: dict[str, str] = {}
 VAL_DATASETS = ("cifar10", "cifar100", "digits")  # datasets whose val split is data.val_per_class
 
 

@@ -10,6 +10,10 @@ and shares one interface:
   everything but ``fc``);
 - ``feature_dim``, the size of the feature.
 
+The classifier ``fc`` is a head of ``heads.py`` (``model.classifier``: ``linear``, the
+architecture's own ``nn.Linear``, or ``cosine``, LDAM-DRW's normalised classifier), with its
+bias initialised by ``model.bias_init``.
+
 Architectures: ``resnet32`` (CIFAR, ``resnet_cifar.py``), ``resnet10`` / ``resnet50`` /
 ``resnet152`` / ``resnext50`` (torchvision, ``resnet.py``), ``resnext101_3d`` and
 ``resnet3d_small`` (video clips, ``resnet3d.py``).
@@ -20,7 +24,6 @@ what it could not load.
 
 from __future__ import annotations
 
-import math
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from longtail import io
+from longtail.nets import heads
 from longtail.nets.resnet3d import resnet3d_small, resnext101_3d
 from longtail.nets.resnet_cifar import resnet32
 
@@ -95,24 +99,39 @@ def _check_positive_int(key: str, value: object) -> None:
         raise ValueError(f"{key}: expected an integer >= 1, got {value!r}")
 
 
-def create(arch: str, num_classes: int, *, in_channels: int = 3, **kwargs: object) -> nn.Module:
+def create(
+    arch: str,
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    classifier: str = "linear",
+    bias_init: str = "default",
+    **kwargs: object,
+) -> nn.Module:
     """Build a registered network with freshly initialised weights.
 
     Args:
         arch: Registered name (see ``names()``).
         num_classes: Size of the classifier output.
         in_channels: Channels of the input images or clips.
+        classifier: The head in place of the architecture's ``fc`` (``heads.names()``); a
+            ``cosine`` head draws its initial weights from the global RNG after the backbone's.
+        bias_init: The classifier bias initialisation (``heads.BIAS_INITS``).
         **kwargs: Passed to the builder (e.g. ``widths`` for ``resnet3d_small``).
 
     Raises:
-        ValueError: for an unknown ``arch`` (the message lists the valid ones) or a class or
-            channel count that is not a positive integer.
+        ValueError: for an unknown ``arch``, head or bias initialisation (the message lists the
+            valid ones), a class or channel count that is not a positive integer, or a bias
+            initialisation for a head without a bias.
     """
     if arch not in ARCHS:
         raise ValueError(f'model.arch: expected one of {", ".join(ARCHS)}; got "{arch}"')
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_channels", in_channels)
-    return ARCHS[arch](num_classes, in_channels=in_channels, **kwargs)
+    model = ARCHS[arch](num_classes, in_channels=in_channels, **kwargs)
+    model.fc = heads.create(classifier, model.fc)
+    heads.init_bias(bias_init, model.fc)
+    return model
 
 
 @dataclass(frozen=True)
@@ -177,15 +196,6 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return {_strip_prefixes(key): value for key, value in obj.items()}
 
 
-def _reset_linear(fc: nn.Linear, generator: torch.Generator | None) -> None:
-    """nn.Linear's default initialisation, drawn from ``generator``: U(-1/sqrt(fan_in), ...)."""
-    bound = 1.0 / math.sqrt(fc.in_features)
-    with torch.no_grad():
-        nn.init.uniform_(fc.weight, -bound, bound, generator=generator)
-        if fc.bias is not None:
-            nn.init.uniform_(fc.bias, -bound, bound, generator=generator)
-
-
 def _is_fc(key: str) -> bool:
     return key.startswith("fc.")
 
@@ -199,7 +209,8 @@ def load_state(
     """Copy every tensor of ``state`` whose name and shape match into ``model``.
 
     The classifier ``fc`` is loaded only when all its tensors match (same class count and feature
-    size); otherwise it is re-initialised with nn.Linear's default, so a checkpoint trained on other
+    size); otherwise it is re-initialised by its head (``reset``: nn.Linear's default for a
+    linear head), so a checkpoint trained on other
     classes never leaves a partly loaded classifier. ``num_batches_tracked`` counters that the
     checkpoint lacks (PyTorch < 0.4.1 checkpoints such as Hara's Kinetics models have none) are
     not reported as missing: they only matter for batch norm with ``momentum=None``.
@@ -231,7 +242,7 @@ def load_state(
         )
     model.load_state_dict(matching, strict=False)
     if not fc_loads:
-        _reset_linear(model.fc, generator)
+        heads.adapt(model.fc).reset(generator)
     missing = tuple(
         key for key in ours if key not in state and not key.endswith("num_batches_tracked")
     )
