@@ -149,6 +149,7 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: str = "instance"
     samples_per_class: int = _check(1, ge=1)
+    policy: Literal["crop_flip", "autoaugment_cutout"] = "crop_flip"
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -162,7 +163,8 @@ class FinetuneConfig:
     configure the BALMS meta sampler (``sampler: meta``, refused with ``mode: full``); their
     defaults are the BALMS CIFAR configs (``init_pow`` 0, Adam lr 0.01, meta batch = batch size).
     ``samples_per_class``: consecutive images per class visit of the ``class_balanced`` sampler
-    (classifier-balancing's ``num_samples_cls``). ``backbone_bn``: a frozen backbone's BatchNorm
+    (classifier-balancing's ``num_samples_cls``). ``policy``: the training augmentation
+    (``longtail.data.augment.POLICIES``). ``backbone_bn``: a frozen backbone's BatchNorm
     in ``classifier`` / ``lws`` stays in eval mode (``frozen``) or runs in train mode (``train``,
     the reference code: batch statistics, drifting running statistics). ``tau_norm_bias``: keep
     the classifier bias in ``tau_norm`` (the reference scores without it). ``partial``: only the
@@ -178,6 +180,7 @@ class FinetuneConfig:
     sampler: str = "instance"
     samples_per_class: int = _check(1, ge=1)
     augment: bool = True
+    policy: Literal["crop_flip", "autoaugment_cutout"] = "crop_flip"
     backbone_bn: Literal["frozen", "train"] = "frozen"
     tau_norm: float | str | tuple[float, ...] = "sweep"
     tau_norm_bias: bool = False

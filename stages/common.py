@@ -164,6 +164,7 @@ def train_stage(
     curves continue after pretrain's epochs).
     """
     from longtail import io, losses, samplers
+    from longtail.data.augment import use_policy
     from longtail.data.base import class_counts
     from longtail.distributed import World
     from longtail.pipeline import EpochLogger, machine, signature
@@ -180,6 +181,10 @@ def train_stage(
         )
     world = world or World()
     section = {"pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
+    try:
+        use_policy(train_src, section.policy, f"{stage}.policy")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     options = samplers.stage_options(sampler_name, samples_per_class=section.samples_per_class)
     sampler = samplers.create(
         sampler_name,

@@ -617,6 +617,7 @@ def test_partial_names_the_valid_blocks_for_an_unknown_one() -> None:
 MODE_PARAMS = {
     "none": {"finetune": {"mode": "none"}},
     "full": {"finetune": {"mode": "full"}},
+    "full_autoaugment": {"finetune": {"mode": "full", "policy": "autoaugment_cutout"}},
     "crt": {
         "finetune": {"mode": "classifier", "sampler": "class_balanced"},
         "loss": {"name": "ce"},

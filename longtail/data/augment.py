@@ -16,17 +16,28 @@ global generator, one image at a time.
 
 ``normalize`` turns uint8 images into the network's input: ``(x / 255 - mean) / std`` per channel,
 as ``ToTensor`` + ``Normalize`` do.
+
+Training augmentation policies (``pretrain.policy`` / ``finetune.policy``, registry
+:data:`POLICIES`), each an object the source calls as ``policy(images, generator)``:
+``crop_flip`` is the dataset's crop and flip above; ``autoaugment_cutout`` is the BALMS CIFAR
+pipeline (jiawei-ren/BalancedMetaSoftmax-Classification, ``data/ImbalanceCIFAR.py``): crop and
+flip, then AutoAugment with the CIFAR-10 policy, then Cutout with one 16×16 hole
+(:mod:`longtail.data.autoaugment`), each image with its own draws.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize", "random_crop_flip"]
+from longtail.data.autoaugment import autoaugment_cifar10, cutout
+
+__all__ = ["POLICIES", "AutoAugmentCutout", "CropFlip", "create_policy", "normalize"]
+__all__ += ["random_crop_flip", "use_policy"]
 
 
 def random_crop_flip(
@@ -59,6 +70,78 @@ def random_crop_flip(
     cols = left[:, None] + cols
     out = _gather_crops(F.pad(flat, (padding,) * 4), rows, cols)
     return out.reshape(images.shape)
+
+
+class CropFlip:
+    """The dataset's crop and flip: :func:`random_crop_flip` (nothing when both are off).
+
+    Args:
+        padding: zero border of the random crop (0: no crop).
+        flip: random horizontal flip.
+    """
+
+    def __init__(self, *, padding: int, flip: bool) -> None:
+        self.padding, self.flip = padding, flip
+
+    @property
+    def active(self) -> bool:
+        """Whether the policy changes an image at all."""
+        return self.padding > 0 or self.flip
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.padding == 0 and not self.flip:
+            return images
+        return random_crop_flip(images, padding=self.padding, flip=self.flip, generator=generator)
+
+
+class AutoAugmentCutout(CropFlip):
+    """BALMS CIFAR: crop and flip, AutoAugment (CIFAR-10 policy), Cutout (one 16×16 hole)."""
+
+    HOLE = 16  # BALMS: Cutout(n_holes=1, length=16)
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images = super().__call__(images, generator)
+        images = autoaugment_cifar10(images, generator)
+        return cutout(images, self.HOLE, generator)
+
+
+POLICIES: dict[str, type[CropFlip]] = {
+    "crop_flip": CropFlip,
+    "autoaugment_cutout": AutoAugmentCutout,
+}
+
+
+def create_policy(name: str, *, padding: int, flip: bool) -> CropFlip:
+    """The policy registered as ``name`` around the dataset's crop and flip."""
+    if name not in POLICIES:
+        raise ValueError(f'policy: expected one of {", ".join(POLICIES)}; got "{name}"')
+    return POLICIES[name](padding=padding, flip=flip)
+
+
+def use_policy(source: Any, name: str, key: str) -> None:
+    """Give a training ``source`` the augmentation policy ``name`` (``key`` names the param).
+
+    Sources that hold uint8 batches on the device (``TensorSource``: digits, CIFAR) take any
+    policy through ``set_policy``; the others keep their own augmentation, which is what
+    ``crop_flip`` means for them, and refuse any other policy.
+
+    Raises:
+        ValueError: an unknown name, or a policy other than ``crop_flip`` for a source without
+            ``set_policy``.
+    """
+    set_policy: Callable[[str], None] | None = getattr(source, "set_policy", None)
+    if set_policy is not None:
+        set_policy(name)
+        return
+    if name != "crop_flip":
+        raise ValueError(
+            f"{key}: expected crop_flip for {type(source).__name__} (its own augmentation; "
+            f"{name} runs on the in-memory datasets digits, cifar10, cifar100); got {name}"
+        )
 
 
 def normalize(

@@ -209,6 +209,7 @@ class TensorSource:
         mean, std: per-channel normalisation of images scaled to [0, 1].
         padding: ``RandomCrop(H, padding)`` of the training augmentation (0: none).
         flip: random horizontal flip in training.
+        (``set_policy`` swaps the crop and flip for another policy built around them.)
         device: where the data lives and batches are produced.
     """
 
@@ -225,13 +226,22 @@ class TensorSource:
     ) -> None:
         import torch
 
+        from longtail.data.augment import CropFlip
+
         self.images = images.to(device)
         self.labels = labels.to(torch.int64).cpu()
         self._labels_dev = self.labels.to(device)
         self.mean, self.std = tuple(mean), tuple(std)
         self.padding, self.flip = padding, flip
+        self.augment = CropFlip(padding=padding, flip=flip)
         self.device = device
         self.in_channels = int(images.shape[1])
+
+    def set_policy(self, name: str) -> None:
+        """Train with the augmentation policy ``name`` (``longtail.data.augment.POLICIES``)."""
+        from longtail.data.augment import create_policy
+
+        self.augment = create_policy(name, padding=self.padding, flip=self.flip)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -239,14 +249,14 @@ class TensorSource:
     def batches(
         self, order: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from longtail.data.augment import normalize, random_crop_flip
+        from longtail.data.augment import normalize
 
         order = order.to(self.device)
-        augment = train and (self.padding > 0 or self.flip)
+        augment = train and self.augment.active
         for idx in order.split(batch_size):
             x = self.images[idx]  # (B, C, H, W) uint8
             if augment:
-                x = random_crop_flip(x, padding=self.padding, flip=self.flip, generator=generator)
+                x = self.augment(x, generator)
             yield normalize(x, self.mean, self.std), self._labels_dev[idx]
 
 
