@@ -1,73 +1,32 @@
-"""docs/recipes.md: every `dvc exp run` command parses and validates, as DVC would apply it.
+"""The recipe registry (tools/recipes.py): it parses, every row validates, docs/recipes.md agrees.
 
-Each command's ``-S`` overrides go through DVC's own code (``to_path_overrides``, then
-``apply_overrides``: Hydra's override grammar on a copy of ``params.yaml``, where a key absent from
-the file needs ``+`` or ``++`` and ``[160,180]`` is a list), the file is read back as the stages
-read it (YAML 1.1, so ``1e-05`` is a string) and validated by ``longtail.config.load``. A Hydra
-sweep (``seed=0,1,2``) is expanded as ``dvc exp run --queue`` expands it. No data, no training.
+Each row's params go through DVC's own override code (``to_path_overrides``, then
+``apply_overrides``: Hydra's grammar on a copy of ``params.yaml``, where a key absent from the file
+needs ``+``/``++`` and ``[160,180]`` is a list), the file is read back as the stages read it and
+validated by ``longtail.config.load``, as ``tools/reproduce.py`` does before it queues anything.
+No data, no training (``tests/test_recipes_e2e.py`` runs them).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
 from dvc.exceptions import InvalidArgumentError
-from dvc.utils.cli_parse import to_path_overrides
-from dvc.utils.hydra import apply_overrides, get_hydra_sweeps
 
 from longtail.config import Config, ConfigError, load
+from tools import recipes, reproduce
 
-RECIPES = REPO / "docs" / "recipes.md"
-COMMAND = re.compile(r"dvc exp run [^`\n]*")
-FLAGS = {"--queue", "--temp", "-f", "--force"}  # `dvc exp run` flags a recipe may carry
-NAMED = {"-n", "--name"}  # flags followed by a value
-# Params keys recipes need that longtail.config does not accept yet: key -> why.
-MISSING: dict[str, str] = {}
-VAL_DATASETS = ("cifar10", "cifar100", "digits")  # datasets whose val split is data.val_per_class
+VAL_DATASETS = ("cifar10", "cifar100")  # no val split unless data.val_per_class (digits: 20)
+ROWS = [(t, r) for t in recipes.TABLES for r in t.rows]
 
 
-def commands() -> list[str]:
-    """Every `dvc exp run` command in docs/recipes.md, in order."""
-    return COMMAND.findall(RECIPES.read_text())
-
-
-def overrides(command: str) -> list[str]:
-    """The ``-S`` values of a command line (shell quoting removed)."""
-    words = shlex.split(command)
-    assert words[:3] == ["dvc", "exp", "run"], command
-    sets, rest = [], iter(words[3:])
-    for word in rest:
-        if word in ("-S", "--set-param"):
-            sets.append(next(rest))
-        elif word in NAMED:
-            next(rest)
-        else:
-            assert word in FLAGS, f"unexpected argument {word!r} in: {command}"
-    return sets
-
-
-def apply(sets: list[str], folder: Path) -> list[Path]:
-    """Apply the overrides to fresh copies of params.yaml, one per sweep combination."""
-    by_file = to_path_overrides(sets)
-    assert list(by_file) == ["params.yaml"], by_file
-    paths = []
-    for i, combination in enumerate(get_hydra_sweeps(by_file)):
-        path = folder / str(i) / "params.yaml"
-        path.parent.mkdir(parents=True)
-        shutil.copy(REPO / "params.yaml", path)
-        apply_overrides(path, combination["params.yaml"])
-        paths.append(path)
-    return paths
-
-
-def key_of(override: str) -> str:
-    return override.partition("=")[0].lstrip("+")
+def apply(sets: list[str], folder: Path) -> Path:
+    return reproduce.apply(REPO / "params.yaml", sets, folder)
 
 
 def check_needs(config: Config) -> None:
@@ -79,46 +38,95 @@ def check_needs(config: Config) -> None:
         assert config.data.val_per_class, "CDB-CE / the meta sampler need data.val_per_class > 0"
 
 
-def test_every_paper_has_recipes() -> None:
-    text = RECIPES.read_text()
-    sections = re.split(r"^## ", text, flags=re.M)[1:]
-    counts = {s.splitlines()[0]: len(COMMAND.findall(s)) for s in sections}
-    for paper in ("CDB-CE", "Balanced Softmax and BALMS", "FBL", "Baseline: LDAM-DRW"):
-        (title,) = [t for t in counts if t.startswith(paper)]
-        assert counts[title] >= 2, (title, counts[title])
-    assert len(commands()) == sum(counts.values()) >= 25
+def test_the_registry_parses() -> None:
+    keys = [t.key for t in recipes.TABLES]
+    assert len(keys) == len(set(keys))
+    for t in recipes.TABLES:
+        assert t.rows and len({r.key for r in t.rows}) == len(t.rows), t.key
+        for row in t.rows:
+            assert row.source or t.source, (t.key, row.key)
+            assert all(d.strip() and "\n" not in d for d in row.deviations), (t.key, row.key)
+            for p in row.published:
+                assert p.source in recipes.SOURCES, (t.key, row.key, p.source)
+                values = [p.get(m) for m in recipes.METRICS]
+                assert any(v is not None for v in values), (t.key, row.key)
+                assert all(v is None or 0.0 <= v <= 100.0 for v in values), (t.key, row.key)
+    # The papers' own tables and the baselines they compare with, as the issue lists them.
+    for key in (
+        "cdb-cifar100",
+        "cdb-imagenet-lt",
+        "cdb-egtea",
+        "balms-cifar10-if200",
+        "balms-cifar100-if200",
+        "balms-imagenet-lt",
+        "balms-places-lt",
+        "fbl-cifar-lt",
+        "fbl-imagenet-lt",
+        "fbl-inat2018",
+        "fbl-places-lt",
+        "ldam-drw-cifar",
+        "kang-imagenet-lt-resnext50",
+        "kang-imagenet-lt-resnet10",
+        "kang-places-lt-resnet152",
+        "digits",
+    ):
+        assert recipes.table(key).key == key
+    with pytest.raises(KeyError, match="expected a table in cdb-cifar100, "):
+        recipes.table("nope")
 
 
-def recipe_id(index: int, command: str) -> str:
-    """A readable test id: position, dataset, the two losses and the finetune mode."""
-    values = dict(s.lstrip("+").partition("=")[::2] for s in overrides(command))
-    parts = ("data.name", "pretrain.loss.name", "finetune.mode", "loss.name", "finetune.sampler")
-    return "-".join([f"{index:02d}", *(values[k] for k in parts if k in values)])
+def test_docs_recipes_md_is_the_generated_text() -> None:
+    assert recipes.DOC.read_text() == recipes.render(), (
+        "docs/recipes.md is stale: run `python -m tools.recipes --write`"
+    )
+    assert recipes.main(["--check"]) == 0
 
 
 @pytest.mark.parametrize(
-    "command", [pytest.param(c, id=recipe_id(i, c)) for i, c in enumerate(commands())]
+    ("table", "row"), [pytest.param(t, r, id=f"{t.key}/{r.key}") for t, r in ROWS]
 )
-def test_recipe_parses_and_validates(command: str, tmp_path: Path) -> None:
-    sets = overrides(command)
-    missing = sorted({key_of(s) for s in sets} & set(MISSING))
-    kept = [s for s in sets if key_of(s) not in MISSING]
-    for path in apply(kept, tmp_path / "kept"):
-        check_needs(load(path))
-    if missing:
-        # The recipe is marked as waiting for these keys: they must still be refused, so that
-        # this skip is removed as soon as the config accepts them.
-        for path in apply(sets, tmp_path / "all"):
-            with pytest.raises(ConfigError, match=rf"{re.escape(missing[0])}: unknown key"):
-                load(path)
-        pytest.skip(f"needs params key {missing[0]}: {MISSING[missing[0]]}")
+def test_row_params_validate(table: recipes.Table, row: recipes.Row, tmp_path: Path) -> None:
+    sets = recipes.overrides(table.row_params(row))
+    check_needs(load(apply([*sets, "seed=0"], tmp_path)))
+
+
+def test_every_documented_command_is_its_rows_params() -> None:
+    text = recipes.DOC.read_text()
+    commands = re.findall(r"^dvc exp run .*$", text, flags=re.M)
+    assert len(commands) == len(ROWS)
+    for command, (table, row) in zip(commands, ROWS, strict=True):
+        words = shlex.split(command)
+        assert words[:3] == ["dvc", "exp", "run"] and words[3::2] == ["-S"] * (len(words) // 2 - 1)
+        assert words[4::2] == recipes.overrides(table.row_params(row)), (table.key, row.key)
+
+
+def test_validation_reports_every_bad_row_before_queueing() -> None:
+    bad = recipes.Table(
+        key="bad",
+        title="bad",
+        paper="none",
+        source="none",
+        protocol="none",
+        params={},
+        rows=(
+            recipes.Row("a", "a", {"pretrain.schedule": "multistep"}),
+            recipes.Row("b", "b", {"loss.name": "ce"}),
+            recipes.Row("c", "c", {"pretrain.loss.name": "feature_balanced"}),
+        ),
+    )
+    with pytest.raises(reproduce.ReproduceError) as err:
+        reproduce.jobs(bad, bad.rows, [0, 1], [], REPO / "params.yaml")
+    message = str(err.value)
+    assert "bad/a (seed 0): pretrain.schedule: expected one of cosine, step" in message
+    assert "bad/c (seed 0): pretrain.loss.name: expected one of ce" in message
+    assert "bad/b" not in message
 
 
 def test_the_checker_applies_overrides_as_dvc_does(tmp_path: Path) -> None:
     # A key that params.yaml does not list is refused without ++, as `dvc exp run -S` refuses it.
     with pytest.raises(InvalidArgumentError):
         apply(["pretrain.no_such_key=1.5"], tmp_path / "plain")
-    (path,) = apply(
+    path = apply(
         [
             "++pretrain.loss.tau=1.5",
             "pretrain.weight_decay=1e-05",
@@ -135,8 +143,20 @@ def test_the_checker_applies_overrides_as_dvc_does(tmp_path: Path) -> None:
     assert config.pretrain.optim.milestones == (160, 180)
     assert config.pretrain.loss.options["tau"] == 1.5
     assert config.data.val_per_class is None
-    seeds = apply(["seed=0,1,2"], tmp_path / "sweep")
-    assert [load(p).seed for p in seeds] == [0, 1, 2]
+
+
+def test_overrides_add_plus_plus_only_for_unlisted_keys() -> None:
+    base = {"loss": {"name": "ce"}, "data": {"lists": {"train": None}}}
+    params = {"loss.name": "fbl", "loss.lam": 60, "data.lists.train": None, "x.y": [1, 2]}
+    assert recipes.overrides(params, base) == [
+        "loss.name=fbl",
+        "++loss.lam=60",
+        "data.lists.train=null",
+        "++x.y=[1,2]",
+    ]
+    assert recipes.command({"a.b": [160, 210], "c": True}, {"c": 1}) == (
+        "dvc exp run -S '++a.b=[160,210]' -S c=true"
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,13 +168,11 @@ def test_the_checker_applies_overrides_as_dvc_does(tmp_path: Path) -> None:
     ],
 )
 def test_the_checker_catches_bad_recipes(override: str, message: str, tmp_path: Path) -> None:
-    (path,) = apply([override], tmp_path)
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load(path)
+        load(apply([override], tmp_path))
 
 
 def test_a_cdb_recipe_without_val_is_caught(tmp_path: Path) -> None:
     sets = ["data.name=cifar100", "pretrain.loss.name=cdb_ce", "data.val_per_class=null"]
-    (path,) = apply(sets, tmp_path)
     with pytest.raises(AssertionError, match=re.escape("need data.val_per_class > 0")):
-        check_needs(load(path))
+        check_needs(load(apply(sets, tmp_path)))
