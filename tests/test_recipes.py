@@ -17,25 +17,42 @@ import pytest
 import yaml
 from conftest import REPO
 from dvc.exceptions import InvalidArgumentError
+from dvc.utils.cli_parse import to_path_overrides
+from dvc.utils.hydra import get_hydra_sweeps
 
 from longtail.config import Config, ConfigError, load
+from stages import common
 from tools import recipes, reproduce
 
 VAL_DATASETS = ("cifar10", "cifar100")  # no val split unless data.val_per_class (digits: 20)
 ROWS = [(t, r) for t in recipes.TABLES for r in t.rows]
 
 
-def apply(sets: list[str], folder: Path) -> Path:
+def apply_one(sets: list[str], folder: Path) -> Path:
     return reproduce.apply(REPO / "params.yaml", sets, folder)
 
 
+def overrides(command: str) -> list[str]:
+    """The ``-S`` values of a ``dvc exp run`` command line (shell quoting removed)."""
+    words = shlex.split(command)
+    assert words[:3] == ["dvc", "exp", "run"], command
+    return [words[k + 1] for k, w in enumerate(words) if w in ("-S", "--set-param")]
+
+
+def apply(sets: list[str], folder: Path) -> list[Path]:
+    """Apply overrides to copies of params.yaml, one per Hydra sweep combination (``seed=0,1``)."""
+    by_file = to_path_overrides(sets)
+    return [
+        apply_one(combination["params.yaml"], folder / str(i))
+        for i, combination in enumerate(get_hydra_sweeps(by_file))
+    ]
+
+
 def check_needs(config: Config) -> None:
-    """What the config layer cannot see: CDB-CE and the BALMS meta sampler need a val split."""
-    meta_on_val = config.finetune.sampler == "meta" and config.finetune.meta_source == "val"
-    uses_val = config.pretrain.loss.name == "cdb_ce" or meta_on_val
-    uses_val |= config.finetune.mode != "none" and config.loss.name == "cdb_ce"
-    if uses_val and config.data.name in VAL_DATASETS:
-        assert config.data.val_per_class, "CDB-CE / the meta sampler need data.val_per_class > 0"
+    """What the config layer cannot see: the params that need a val split have one."""
+    needs = common.val_needed_by(config)
+    if needs and config.data.name in VAL_DATASETS:
+        assert config.data.val_per_class, f"{needs} need data.val_per_class > 0"
 
 
 def test_the_registry_parses() -> None:
@@ -75,11 +92,23 @@ def test_the_registry_parses() -> None:
         recipes.table("nope")
 
 
-def test_docs_recipes_md_is_the_generated_text() -> None:
+def test_docs_recipes_md_and_the_readme_tables_are_the_generated_text() -> None:
     assert recipes.DOC.read_text() == recipes.render(), (
         "docs/recipes.md is stale: run `python -m tools.recipes --write`"
     )
+    text = recipes.README.read_text()
+    assert recipes.readme(text) == text, "README.md is stale: run `python -m tools.recipes --write`"
     assert recipes.main(["--check"]) == 0
+    assert "| `ce` | CE | 85.78 ± 2.01 | 100.00 ± 0.00 | 98.33 ± 1.67 | 72.89 ± 3.67 |" in text
+
+
+def test_a_stale_document_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = tmp_path / "recipes.md"
+    stale.write_text(recipes.render().replace("82.20", "82.30"))
+    monkeypatch.setattr(recipes, "DOC", stale)
+    assert recipes.main(["--check"]) == 1
+    with pytest.raises(ValueError, match=r"README\.md: expected the markers"):
+        recipes.readme("# a README without the generated block\n")
 
 
 @pytest.mark.parametrize(
@@ -87,7 +116,7 @@ def test_docs_recipes_md_is_the_generated_text() -> None:
 )
 def test_row_params_validate(table: recipes.Table, row: recipes.Row, tmp_path: Path) -> None:
     sets = recipes.overrides(table.row_params(row))
-    check_needs(load(apply([*sets, "seed=0"], tmp_path)))
+    check_needs(load(apply_one([*sets, "seed=0"], tmp_path)))
 
 
 def test_every_documented_command_is_its_rows_params() -> None:
@@ -112,6 +141,7 @@ def test_validation_reports_every_bad_row_before_queueing() -> None:
             recipes.Row("a", "a", {"pretrain.schedule": "multistep"}),
             recipes.Row("b", "b", {"loss.name": "ce"}),
             recipes.Row("c", "c", {"pretrain.loss.name": "feature_balanced"}),
+            recipes.Row("d", "d", {"data.name": "cifar100", "pretrain.loss.name": "cdb_ce"}),
         ),
     )
     with pytest.raises(reproduce.ReproduceError) as err:
@@ -119,14 +149,15 @@ def test_validation_reports_every_bad_row_before_queueing() -> None:
     message = str(err.value)
     assert "bad/a (seed 0): pretrain.schedule: expected one of cosine, step" in message
     assert "bad/c (seed 0): pretrain.loss.name: expected one of ce" in message
+    assert "bad/d (seed 0): data.val_per_class: pretrain.loss.name: cdb_ce" in message
     assert "bad/b" not in message
 
 
 def test_the_checker_applies_overrides_as_dvc_does(tmp_path: Path) -> None:
     # A key that params.yaml does not list is refused without ++, as `dvc exp run -S` refuses it.
     with pytest.raises(InvalidArgumentError):
-        apply(["pretrain.no_such_key=1.5"], tmp_path / "plain")
-    path = apply(
+        apply_one(["pretrain.no_such_key=1.5"], tmp_path / "plain")
+    path = apply_one(
         [
             "++pretrain.loss.tau=1.5",
             "pretrain.weight_decay=1e-05",
@@ -169,10 +200,11 @@ def test_overrides_add_plus_plus_only_for_unlisted_keys() -> None:
 )
 def test_the_checker_catches_bad_recipes(override: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load(apply([override], tmp_path))
+        load(apply_one([override], tmp_path))
 
 
 def test_a_cdb_recipe_without_val_is_caught(tmp_path: Path) -> None:
     sets = ["data.name=cifar100", "pretrain.loss.name=cdb_ce", "data.val_per_class=null"]
     with pytest.raises(AssertionError, match=re.escape("need data.val_per_class > 0")):
-        check_needs(load(apply(sets, tmp_path)))
+        check_needs(load(apply_one(sets, tmp_path)))
+    assert [load(p).seed for p in apply(["seed=0,1,2"], tmp_path / "sweep")] == [0, 1, 2]

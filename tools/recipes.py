@@ -72,9 +72,20 @@ class Published:
     medium: float | None = None
     few: float | None = None
     note: str = ""
+    std: tuple[float, ...] = ()  # sample std of top1, many, medium, few (measured tables)
+    n: int | None = None  # runs behind a measured mean
 
     def get(self, metric: str) -> float | None:
         return getattr(self, metric)
+
+    def text(self, metric: str) -> str:
+        """``85.78`` or, with a std, ``85.78 ± 2.01``; ``–`` when absent."""
+        value = self.get(metric)
+        if value is None:
+            return "–"
+        if not self.std:
+            return f"{value:.2f}"
+        return f"{value:.2f} ± {self.std[METRICS.index(metric)]:.2f}"
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,8 @@ def _finetune_none() -> dict[str, Any]:
 CDB_CIFAR = {
     "data.name": "cifar100",
     "data.profile": "exp",
+    "data.subset": "cdb",
+    "data.seed": 0,
     "data.val_per_class": 25,
     "model.arch": "resnet32",
     "pretrain.loss.name": "cdb_ce",
@@ -167,8 +180,6 @@ CDB_CIFAR = {
     **_finetune_none(),
 }
 CDB_CIFAR_DEVIATIONS = (
-    "Images: a seeded class-wise draw with 25 val images per class held out first; CDB-CE's exact "
-    "images (last 25 per class in file order as val) need an option this project lacks.",
     "Classifier bias: PyTorch's default initialisation with weight decay; the reference "
     "initialises it to −log(C − 1) and exempts it from decay, which no params key expresses yet.",
     "Kept model: the final epoch; the reference keeps its best-on-val epoch, which no params key "
@@ -221,7 +232,9 @@ def _balms_cifar(dataset: str, epochs: int, warmup: int) -> dict[str, Any]:
         "data.name": dataset,
         "data.imbalance": 200,
         "data.profile": "exp",
-        "data.val_per_class": 20,
+        "data.subset": "ldam",
+        "data.seed": 0,
+        "data.val_per_class": 0,
         "model.arch": "resnet32",
         "pretrain.loss.name": "ce",
         "pretrain.sampler": "instance",
@@ -240,12 +253,18 @@ def _balms_cifar(dataset: str, epochs: int, warmup: int) -> dict[str, Any]:
 def _classifier(
     loss: str, sampler: str, epochs: int, batch_size: int, lr: float, **extra: Any
 ) -> dict[str, Any]:
-    """Decoupled classifier retraining on the cached backbone (cRT, decoupled BS, BALMS)."""
+    """Decoupled classifier retraining on the cached backbone (cRT, decoupled BS, BALMS).
+
+    The references keep the frozen backbone in train mode, so its BatchNorm statistics drift
+    under the re-balanced sampler: ``backbone_bn: train``.
+    """
     return {
         "loss.name": loss,
         "finetune.mode": "classifier",
         "finetune.sampler": sampler,
+        "finetune.samples_per_class": 1,
         "finetune.augment": True,
+        "finetune.backbone_bn": "train",
         **_optim(
             "finetune",
             epochs=epochs,
@@ -258,24 +277,32 @@ def _classifier(
     }
 
 
-def _meta(lr: float, init_pow: float, batch: int) -> dict[str, Any]:
+def _meta(lr: float, init_pow: float, batch: int, source: str = "val") -> dict[str, Any]:
+    """The BALMS meta sampler; ``source``: where its class-balanced meta batches come from."""
     return {
         "finetune.meta_lr": lr,
         "finetune.meta_init_pow": init_pow,
         "finetune.meta_batch_size": batch,
+        "finetune.meta_source": source,
+        "finetune.backbone_bn": "frozen",  # the meta step needs frozen features (see BALMS_BN)
     }
 
 
+BALMS_BN = (
+    "Backbone BatchNorm: frozen in eval mode; the reference leaves it in train mode, which the "
+    "meta step here refuses (it differentiates through the classifier on frozen features)."
+)
+
+
 BALMS_CIFAR_DEVIATIONS = (
+    "Images: LDAM-DRW's seeded draw (data.subset ldam); the reference draws the same way (per "
+    "class, shuffle, keep the first n_c) with NumPy's unseeded global RNG, so its images are "
+    "not recoverable.",
     "Augmentation: crop + flip; the reference adds AutoAugment (CIFAR-10 policy) and Cutout, "
     "which no params key selects yet.",
-    "Meta set and val: 20 val images per class held out of the training images; the reference "
-    "draws its meta batches from the training set and selects its checkpoint on the test set.",
+    "Kept model: the final network; the reference's val phase is the test set and its decoupled "
+    "configs load the best-on-test base model.",
     "Warmup: the LR ramps from 0 to 0.1; the reference ramps from 0.05 (peak and decay agree).",
-)
-DECOUPLED_BN = (
-    "Backbone BatchNorm: frozen in eval mode; the reference leaves the backbone in train mode so "
-    "its statistics drift under re-sampling, which no params key selects yet."
 )
 
 # BALMS ImageNet-LT base model: feat_uniform_resnet10.yaml (ResNet-10, 90 epochs, batch 512,
@@ -341,6 +368,33 @@ def _fbl(
     }
 
 
+# FBL, Places-LT (train.py, models/resnet_places.py): ImageNet ResNet-152 frozen in eval mode,
+# layer4.2 re-initialised and trained with the classifier, both at args.lr.
+FBL_PLACES = {
+    "data.name": "places_lt",
+    "model.arch": "resnet152",
+    "pretrain.loss.name": "ce",
+    "pretrain.sampler": "instance",
+    **_optim("pretrain", epochs=0, batch_size=512, lr=0.2, weight_decay=0.0002, schedule="step"),
+    "loss.name": "fbl",
+    "loss.lam": 150,
+    "finetune.mode": "partial",
+    "finetune.train_blocks": ["layer4.2"],
+    "finetune.block_lr": None,
+    "finetune.sampler": "instance",
+    "finetune.augment": True,
+    **_optim(
+        "finetune",
+        epochs=200,
+        batch_size=512,
+        lr=0.2,
+        weight_decay=0.0002,
+        schedule="step",
+        milestones=[60, 80],
+        warmup_epochs=5,
+    ),
+}
+
 FBL_DEVIATIONS = (
     "Kept model: the final epoch; the reference reports its best epoch on the test set "
     "(its val_loader is the test split).",
@@ -402,14 +456,10 @@ LDAM_DEVIATIONS = (
 )
 
 # classifier-balancing ImageNet_LT configs: cls_crt.yaml (10 epochs), cls_lws.yaml (5 epochs),
-# batch 512, LR 0.2, cosine, class-aware sampling with 4 images per class visit.
-KANG_SAMPLES = (
-    "Class-aware sampler: one image per class visit; the reference takes 4 (num_samples_cls), "
-    "which no params key sets yet."
-)
-TAU_NORM_BIAS = (
-    "τ-norm: keeps the classifier bias and picks τ on val; the reference scores without the bias."
-)
+# batch 512, LR 0.2, cosine, class-aware sampling with 4 images per class visit
+# (num_samples_cls), the fixed backbone left in train mode (its BatchNorm statistics drift).
+# τ-norm: tau_norm.py scores w/||w||^τ · f without the bias over τ in linspace(0, 2, 21) and
+# prints every τ; the paper picks τ on val, as `tau_norm: sweep` does.
 
 
 def _kang_rows(
@@ -429,15 +479,17 @@ def _kang_rows(
             "cRT",
             crt,
             published.get("crt", ()),
-            (DECOUPLED_BN, KANG_SAMPLES),
             source="classifier learning",
         ),
         Row(
             "tau-norm",
             "τ-normalised",
-            {"finetune.mode": "tau_norm", "finetune.tau_norm": "sweep"},
+            {
+                "finetune.mode": "tau_norm",
+                "finetune.tau_norm": "sweep",
+                "finetune.tau_norm_bias": False,
+            },
             published.get("tau-norm", ()),
-            (TAU_NORM_BIAS,),
             source="classifier learning",
         ),
         Row(
@@ -445,14 +497,16 @@ def _kang_rows(
             "LWS",
             lws,
             published.get("lws", ()),
-            (DECOUPLED_BN, KANG_SAMPLES),
             source="classifier learning",
         ),
     )
 
 
 def _kang_crt(epochs: int, batch: int, lr: float) -> dict[str, Any]:
-    return _classifier("ce", "class_balanced", epochs, batch, lr)
+    return {
+        **_classifier("ce", "class_balanced", epochs, batch, lr),
+        "finetune.samples_per_class": 4,
+    }
 
 
 def _kang_lws(epochs: int, batch: int, lr: float) -> dict[str, Any]:
@@ -460,7 +514,9 @@ def _kang_lws(epochs: int, batch: int, lr: float) -> dict[str, Any]:
         "loss.name": "ce",
         "finetune.mode": "lws",
         "finetune.sampler": "class_balanced",
+        "finetune.samples_per_class": 4,
         "finetune.augment": True,
+        "finetune.backbone_bn": "train",
         **_optim(
             "finetune",
             epochs=epochs,
@@ -586,13 +642,15 @@ TABLES: tuple[Table, ...] = (
         title="Balanced Softmax and BALMS on CIFAR-10-LT, IF 200",
         paper="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition, NeurIPS 2020",
         source="jiawei-ren/BalancedMetaSoftmax-Classification config/CIFAR10_LT/*_imba200.yaml",
-        protocol="ResNet-32. Base model and end-to-end Balanced Softmax: batch 512, 13,000 "
-        "iterations, SGD momentum 0.9, weight decay 5e-4, linear warmup over 800 iterations to "
-        "LR 0.1, then cosine to 0. Decoupled rows: frozen backbone, new classifier, 2,000 "
-        "iterations, batch 512, LR 0.1, cosine; BALMS adds the meta sampler (init_pow 0, Adam "
-        "LR 0.01, meta batch 512). Iterations become epochs as the reference counts them, "
-        "ceil(iterations / batches per epoch): 11,156 training images at batch 512 are 22 "
-        "batches, so 591 epochs, 37 warmup epochs and 91 decoupled epochs.",
+        protocol="ResNet-32, no val split (the reference has none). Base model and end-to-end "
+        "Balanced Softmax: batch 512, 13,000 iterations, SGD momentum 0.9, weight decay 5e-4, "
+        "linear warmup over 800 iterations to LR 0.1, then cosine to 0. Decoupled rows: frozen "
+        "backbone, new classifier, 2,000 iterations, batch 512, LR 0.1, cosine; BALMS adds the "
+        "meta sampler (init_pow 0, Adam LR 0.01, meta batch 512, meta batches drawn "
+        "class-balanced from the training set as the reference does). Iterations become epochs "
+        "as the reference counts them (`run_networks.py`: ceil(iterations / batches per "
+        "epoch)): 11,203 training images at batch 512 are 22 batches, so 591 epochs, 37 warmup "
+        "epochs and 91 decoupled epochs.",
         params=_balms_cifar("cifar10", 591, 37),
         rows=(
             Row(
@@ -616,15 +674,17 @@ TABLES: tuple[Table, ...] = (
                 "Balanced Softmax (decoupled)",
                 _classifier("balanced_softmax", "instance", 91, 512, 0.1),
                 (_p("balms-readme", 81.8),),
-                (*BALMS_CIFAR_DEVIATIONS, DECOUPLED_BN),
+                BALMS_CIFAR_DEVIATIONS,
                 source="README table",
             ),
             Row(
                 "balms",
                 "BALMS",
-                _classifier("balanced_softmax", "meta", 91, 512, 0.1, **_meta(0.01, 0, 512)),
+                _classifier(
+                    "balanced_softmax", "meta", 91, 512, 0.1, **_meta(0.01, 0, 512, "train")
+                ),
                 (_p("balms-readme", 82.2),),
-                (*BALMS_CIFAR_DEVIATIONS, DECOUPLED_BN),
+                BALMS_CIFAR_DEVIATIONS,
                 source="README table",
             ),
         ),
@@ -635,10 +695,10 @@ TABLES: tuple[Table, ...] = (
         title="Balanced Softmax and BALMS on CIFAR-100-LT, IF 200",
         paper="Ren et al., NeurIPS 2020",
         source="jiawei-ren/BalancedMetaSoftmax-Classification config/CIFAR100_LT/*_imba200.yaml",
-        protocol="As on CIFAR-10-LT: 9,117 training images at batch 512 are 18 batches per epoch, "
-        "so 13,000 iterations are 723 epochs, the 800-iteration warmup 45 epochs and the "
-        "2,000-iteration decoupled stage 112 epochs.",
-        params=_balms_cifar("cifar100", 723, 45),
+        protocol="As on CIFAR-10-LT: 9,502 training images at batch 512 are 19 batches per epoch, "
+        "so 13,000 iterations are 685 epochs, the 800-iteration warmup 43 epochs and the "
+        "2,000-iteration decoupled stage 106 epochs.",
+        params=_balms_cifar("cifar100", 685, 43),
         rows=(
             Row(
                 "softmax",
@@ -659,17 +719,19 @@ TABLES: tuple[Table, ...] = (
             Row(
                 "bs-decoupled",
                 "Balanced Softmax (decoupled)",
-                _classifier("balanced_softmax", "instance", 112, 512, 0.1),
+                _classifier("balanced_softmax", "instance", 106, 512, 0.1),
                 (_p("balms-readme", 47.2),),
-                (*BALMS_CIFAR_DEVIATIONS, DECOUPLED_BN),
+                BALMS_CIFAR_DEVIATIONS,
                 source="README table",
             ),
             Row(
                 "balms",
                 "BALMS",
-                _classifier("balanced_softmax", "meta", 112, 512, 0.1, **_meta(0.01, 0, 512)),
+                _classifier(
+                    "balanced_softmax", "meta", 106, 512, 0.1, **_meta(0.01, 0, 512, "train")
+                ),
                 (_p("balms-readme", 48.0),),
-                (*BALMS_CIFAR_DEVIATIONS, DECOUPLED_BN),
+                BALMS_CIFAR_DEVIATIONS,
                 source="README table",
             ),
         ),
@@ -707,7 +769,6 @@ TABLES: tuple[Table, ...] = (
                 "Balanced Softmax (decoupled)",
                 _classifier("balanced_softmax", "instance", 10, 512, 0.4),
                 (),
-                (DECOUPLED_BN,),
                 source="config only (no number read in a source)",
             ),
             Row(
@@ -718,7 +779,7 @@ TABLES: tuple[Table, ...] = (
                     _p("balms-readme", 41.6),
                     _p("balms-leaderboard", 41.8, 50.3, 39.5, 25.3, note="paper"),
                 ),
-                (DECOUPLED_BN,),
+                (BALMS_BN,),
                 source="README table; paper table",
             ),
         ),
@@ -749,7 +810,7 @@ TABLES: tuple[Table, ...] = (
                 "Balanced Softmax (decoupled)",
                 _classifier("balanced_softmax", "instance", 10, 256, 0.02),
                 (),
-                (PLACES_BASE_DEVIATION, DECOUPLED_BN),
+                (PLACES_BASE_DEVIATION,),
                 source="config only (no number read in a source)",
             ),
             Row(
@@ -760,7 +821,7 @@ TABLES: tuple[Table, ...] = (
                     _p("balms-readme", 38.3),
                     _p("balms-leaderboard", 38.7, 41.2, 39.8, 31.6, note="paper"),
                 ),
-                (PLACES_BASE_DEVIATION, DECOUPLED_BN),
+                (PLACES_BASE_DEVIATION, BALMS_BN),
                 source="README table; paper table",
             ),
         ),
@@ -848,9 +909,12 @@ TABLES: tuple[Table, ...] = (
         title="FBL on Places-LT (ResNet-152 from ImageNet)",
         paper="Li, Cheung, Jiang, ICME 2022",
         source="juyongjiang/FBL README commands, train.py defaults, models/resnet_places.py",
-        protocol="ImageNet ResNet-152 (`--arch resnet152_p`), batch 512, LR 0.2, λ = 150, 200 "
-        "epochs (no `--epochs` is passed), weight decay 2e-4, 5-epoch warmup, LR × 0.1 after "
-        "epoch 60 and × 0.01 after 80.",
+        protocol="ImageNet ResNet-152 (`--arch resnet152_p`) frozen in eval mode, its last "
+        "bottleneck (`layer4.2`) re-initialised and trained with a new classifier at one LR: "
+        "batch 512, LR 0.2, λ = 150, 200 epochs (no `--epochs` is passed), weight decay 2e-4, "
+        "5-epoch warmup, LR × 0.1 after epoch 60 and × 0.01 after 80. Here `pretrain` passes "
+        "the ImageNet network through (0 epochs) and `finetune.mode: partial` trains the block "
+        "and the classifier with FBL.",
         params={
             "data.root": "/data/places365",
             "model.weights": "/data/weights/resnet152-imagenet.pth",
@@ -858,15 +922,10 @@ TABLES: tuple[Table, ...] = (
         rows=(
             Row(
                 "fbl",
-                "FBL, λ = 150, ResNet-152",
-                _fbl("places_lt", "resnet152", 512, 0.2, 150, [60, 80]),
+                "FBL, λ = 150, ResNet-152, layer4.2 + classifier",
+                FBL_PLACES,
                 (),
-                (
-                    *FBL_DEVIATIONS,
-                    "Fine-tuned blocks: every layer from `model.weights`; the reference "
-                    "re-initialises and trains only layer4.2 and the classifier (backbone frozen "
-                    "in eval mode), which no params key selects yet.",
-                ),
+                FBL_DEVIATIONS,
                 source="paper, Places-LT table (no number read in a source)",
             ),
         ),
@@ -946,33 +1005,16 @@ TABLES: tuple[Table, ...] = (
         "to 0, instance sampling. cRT: backbone fixed, classifier re-initialised, 10 epochs, "
         "LR 0.2, cosine, class-aware sampling. LWS: 5 epochs, same optimiser. τ-norm: "
         "w/‖w‖^τ, τ chosen on val (the README runs `tau_norm.py` over a grid).",
-        params={
-            **KANG_IMAGENET_BASE,
-            "model.arch": "resnet50",
-        },
-        rows=tuple(
-            Row(
-                r.key,
-                r.method,
-                r.params,
-                r.published,
-                (
-                    "Backbone: ResNet-50 stands in for ResNeXt-50 (32×4d), which model.arch "
-                    "does not offer yet.",
-                    *r.deviations,
-                ),
-                r.source,
-            )
-            for r in _kang_rows(
-                _kang_crt(10, 512, 0.2),
-                _kang_lws(5, 512, 0.2),
-                {
-                    "joint": (_p("kang-readme", 44.4, 65.9, 37.5, 7.7),),
-                    "crt": (_p("kang-readme", 49.6, 61.8, 46.2, 27.4),),
-                    "tau-norm": (_p("kang-readme", 49.4, 59.1, 46.9, 30.7),),
-                    "lws": (_p("kang-readme", 49.9, 60.2, 47.2, 30.3),),
-                },
-            )
+        params={**KANG_IMAGENET_BASE, "model.arch": "resnext50"},
+        rows=_kang_rows(
+            _kang_crt(10, 512, 0.2),
+            _kang_lws(5, 512, 0.2),
+            {
+                "joint": (_p("kang-readme", 44.4, 65.9, 37.5, 7.7),),
+                "crt": (_p("kang-readme", 49.6, 61.8, 46.2, 27.4),),
+                "tau-norm": (_p("kang-readme", 49.4, 59.1, 46.9, 30.7),),
+                "lws": (_p("kang-readme", 49.9, 60.2, 47.2, 30.3),),
+            },
         ),
         needs="ImageNet images under `data.root` and the ImageNet-LT list files",
     ),
@@ -1034,24 +1076,20 @@ DIGITS_MEASURED = (
 DIGITS_DEFAULT = {"pretrain.loss.name": "ce", "finetune.sampler": "instance"}
 
 
-def _digits_loss(key: str, method: str, *numbers: float) -> Row:
-    return Row(
-        key,
-        method,
-        {"loss.name": key, "finetune.mode": "full"},
-        (_p("measured", *numbers),),
-        source="measured",
-    )
+def _m(*pairs: float, n: int = 3) -> tuple[Published, ...]:
+    """A measured row: mean, std of top-1, many, medium and few in turn."""
+    means, stds = pairs[0::2], pairs[1::2]
+    return (Published("measured", *means, std=tuple(stds), n=n),)
 
 
-def _digits_e2e(key: str, method: str, *numbers: float) -> Row:
-    return Row(
-        key,
-        method,
-        {"pretrain.loss.name": key, "finetune.mode": "none"},
-        (_p("measured", *numbers),),
-        source="measured",
-    )
+def _digits_loss(key: str, method: str, *pairs: float) -> Row:
+    params = {"loss.name": key, "finetune.mode": "full"}
+    return Row(key, method, params, _m(*pairs), source="measured")
+
+
+def _digits_e2e(key: str, method: str, *pairs: float) -> Row:
+    params = {"pretrain.loss.name": key, "finetune.mode": "none"}
+    return Row(key, method, params, _m(*pairs), source="measured")
 
 
 TABLES += (
@@ -1066,14 +1104,31 @@ TABLES += (
         "params.yaml. Minutes on a CPU, no download.",
         params=DIGITS_DEFAULT,
         rows=(
-            _digits_loss("ce", "CE", 85.78, 100.00, 98.33, 72.89),
-            _digits_loss("focal", "Focal", 85.22, 100.00, 98.33, 71.78),
-            _digits_loss("class_balanced", "Class-balanced", 87.00, 100.00, 98.06, 75.56),
-            _digits_loss("ldam", "LDAM (linear head)", 39.33, 98.89, 41.67, 25.56),
-            _digits_loss("logit_adjust", "Logit adjustment", 89.00, 100.00, 97.22, 80.22),
-            _digits_loss("balanced_softmax", "Balanced Softmax", 89.11, 100.00, 96.94, 80.67),
-            _digits_loss("cdb_ce", "CDB-CE", 88.00, 100.00, 97.22, 78.22),
-            _digits_loss("fbl", "FBL", 87.00, 100.00, 96.94, 76.44),
+            _digits_loss("ce", "CE", 85.78, 2.01, 100, 0, 98.33, 1.67, 72.89, 3.67),
+            _digits_loss("focal", "Focal", 85.22, 1.71, 100, 0, 98.33, 0.83, 71.78, 3.91),
+            _digits_loss(
+                "class_balanced", "Class-balanced", 87.00, 1.20, 100, 0, 98.06, 1.73, 75.56, 3.67
+            ),
+            _digits_loss(
+                "ldam", "LDAM (linear head)", 39.33, 40.92, 98.89, 1.92, 41.67, 49.92, 25.56, 41.98
+            ),
+            _digits_loss(
+                "logit_adjust", "Logit adjustment", 89.00, 1.45, 100, 0, 97.22, 1.27, 80.22, 3.01
+            ),
+            _digits_loss(
+                "balanced_softmax",
+                "Balanced Softmax",
+                89.11,
+                1.35,
+                100,
+                0,
+                96.94,
+                0.96,
+                80.67,
+                2.40,
+            ),
+            _digits_loss("cdb_ce", "CDB-CE", 88.00, 1.45, 100, 0, 97.22, 0.96, 78.22, 3.42),
+            _digits_loss("fbl", "FBL", 87.00, 1.00, 100, 0, 96.94, 0.96, 76.44, 2.14),
         ),
         notes=(
             "`ldam` is unstable with the plain linear head (one seed trains, two collapse): "
@@ -1090,10 +1145,21 @@ TABLES += (
         "(`pretrain.loss.name`, `finetune.mode: none`), as the papers do.",
         params={"finetune.sampler": "instance"},
         rows=(
-            _digits_e2e("ce", "CE", 84.00, 100.00, 98.06, 69.56),
-            _digits_e2e("balanced_softmax", "Balanced Softmax", 89.44, 100.00, 96.67, 81.56),
-            _digits_e2e("cdb_ce", "CDB-CE", 57.67, 97.78, 81.94, 30.22),
-            _digits_e2e("fbl", "FBL", 88.22, 100.00, 98.61, 77.56),
+            _digits_e2e("ce", "CE", 84.00, 2.33, 100, 0, 98.06, 0.48, 69.56, 4.68),
+            _digits_e2e(
+                "balanced_softmax",
+                "Balanced Softmax",
+                89.44,
+                0.69,
+                100,
+                0,
+                96.67,
+                2.20,
+                81.56,
+                3.15,
+            ),
+            _digits_e2e("cdb_ce", "CDB-CE", 57.67, 7.84, 97.78, 1.92, 81.94, 7.56, 30.22, 10.25),
+            _digits_e2e("fbl", "FBL", 88.22, 3.08, 100, 0, 98.61, 1.27, 77.56, 6.05),
         ),
         notes=(
             "CDB-CE from scratch fails on digits-LT: the head and medium classes reach 100 % val "
@@ -1120,21 +1186,21 @@ TABLES += (
                     "finetune.sampler": "class_balanced",
                     "loss.name": "ce",
                 },
-                (_p("measured", 84.00, 100.00, 97.78, 69.78),),
+                _m(84.00, 2.60, 100, 0, 97.78, 0.48, 69.78, 4.82),
                 source="measured",
             ),
             Row(
                 "tau-norm",
                 "τ-norm (τ swept on val)",
                 {"finetune.mode": "tau_norm", "finetune.tau_norm": "sweep"},
-                (_p("measured", 84.00, 100.00, 97.78, 69.78),),
+                _m(84.00, 1.00, 100, 0, 97.78, 1.27, 69.78, 1.02),
                 source="measured",
             ),
             Row(
                 "lws",
                 "LWS",
                 {"finetune.mode": "lws", "loss.name": "ce"},
-                (_p("measured", 85.56, 100.00, 97.22, 73.33),),
+                _m(85.56, 1.50, 100, 0, 97.22, 1.27, 73.33, 3.53),
                 source="measured",
             ),
             Row(
@@ -1145,7 +1211,7 @@ TABLES += (
                     "finetune.sampler": "instance",
                     "loss.name": "balanced_softmax",
                 },
-                (_p("measured", 83.44, 100.00, 97.22, 69.11),),
+                _m(83.44, 2.22, 100, 0, 97.22, 2.10, 69.11, 3.15),
                 source="measured",
             ),
             Row(
@@ -1156,7 +1222,7 @@ TABLES += (
                     "finetune.sampler": "meta",
                     "loss.name": "balanced_softmax",
                 },
-                (_p("measured", 84.00, 100.00, 97.22, 70.22),),
+                _m(84.00, 2.60, 100, 0, 97.22, 1.27, 70.22, 4.44),
                 source="measured",
             ),
         ),
@@ -1223,15 +1289,13 @@ def command(params: Mapping[str, Any], base: Mapping[str, Any] | None = None) ->
 
 
 # ------------------------------------------------------------------------------------ document
-def _number(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
 def published_text(p: Published) -> str:
     """``41.80 (many 50.30, medium 39.50, few 25.30)`` with the source key."""
-    text = _number(p.top1)
+    text = p.text("top1")
     if p.many is not None:
-        text += f" (many {_number(p.many)}, medium {_number(p.medium)}, few {_number(p.few)})"
+        text += f" (many {p.text('many')}, medium {p.text('medium')}, few {p.text('few')})"
+    if p.n is not None:
+        text += f", {p.n} runs"
     return f"{text} [{p.source}{'; ' + p.note if p.note else ''}]"
 
 
@@ -1246,7 +1310,7 @@ def render_table(t: Table, base: Mapping[str, Any]) -> list[str]:
     lines += ["|---|---|---|---|---|---|---|"]
     for row in t.rows:
         ref = row.reference or Published("")
-        cells = [f"`{row.key}`", row.method, *(_number(ref.get(m)) for m in METRICS)]
+        cells = [f"`{row.key}`", row.method, *(ref.text(m) for m in METRICS)]
         cells.append(ref.source or "no number read")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -1300,6 +1364,44 @@ rates there are printed here as 100 − error):
 """
 
 
+README = REPO / "README.md"
+README_BEGIN = (
+    "<!-- The digits-LT tables below are generated from tools/recipes.py by "
+    "`python -m tools.recipes --write`; edit that file. -->"
+)
+README_END = "<!-- End of the generated digits-LT tables. -->"
+
+
+def render_results() -> str:
+    """The README's digits-LT results: every ``digits*`` table, its rows and measured numbers."""
+    lines = [README_BEGIN, ""]
+    for t in TABLES:
+        if not t.key.startswith("digits"):
+            continue
+        lines += [
+            f"**{t.title}** (`python -m tools.reproduce {t.key} --seeds 0,1,2`). {t.protocol}"
+        ]
+        lines += ["", "| row | method | top-1 | many | medium | few |", "|---|---|---|---|---|---|"]
+        for row in t.rows:
+            ref = row.reference or Published("")
+            lines.append(
+                f"| `{row.key}` | {row.method} | " + " | ".join(ref.text(m) for m in METRICS) + " |"
+            )
+        lines += ["", *(f"{note}\n" for note in t.notes)]
+    measured = {t.measured for t in TABLES if t.key.startswith("digits")}
+    lines += [*sorted(measured), "", README_END]
+    return "\n".join(lines)
+
+
+def readme(text: str) -> str:
+    """``text`` (the README) with its generated block replaced by :func:`render_results`."""
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"README.md: expected the markers {README_BEGIN!r} and {README_END!r}")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    return head + render_results() + tail
+
+
 def render(base: Mapping[str, Any] | None = None) -> str:
     """The whole docs/recipes.md."""
     if base is None:
@@ -1338,19 +1440,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``--write`` regenerates docs/recipes.md, ``--check`` compares, ``--json`` dumps."""
     p = argparse.ArgumentParser(prog="python -m tools.recipes", description=__doc__.split("\n")[0])
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true", help="regenerate docs/recipes.md")
-    group.add_argument("--check", action="store_true", help="exit 1 if docs/recipes.md is stale")
+    group.add_argument("--write", action="store_true", help="regenerate docs/recipes.md and README")
+    group.add_argument("--check", action="store_true", help="exit 1 if either is stale")
     group.add_argument("--json", action="store_true", help="print the registry as JSON")
     args = p.parse_args(argv)
     if args.json:
         print(json.dumps(as_json(), indent=1))
         return 0
-    text = render()
+    wanted = {DOC: render(), README: readme(README.read_text())}
     if args.write:
-        DOC.write_text(text)
+        for path, text in wanted.items():
+            path.write_text(text)
         return 0
-    if DOC.read_text() != text:
-        print(f"{DOC} is stale: run `python -m tools.recipes --write`", file=sys.stderr)
+    stale = [path.name for path, text in wanted.items() if path.read_text() != text]
+    if stale:
+        print(f"{', '.join(stale)} stale: run `python -m tools.recipes --write`", file=sys.stderr)
         return 1
     return 0
 

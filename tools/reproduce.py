@@ -44,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from longtail.config import Config
 from tools import compare, recipes, stats
 from tools.compare import CompareError
 
@@ -92,6 +93,22 @@ def apply(base: Path, sets: Sequence[str], folder: Path) -> Path:
     return path
 
 
+def check_val(cfg: Config) -> None:
+    """Refuse, before queueing, a CIFAR row whose params need a val split it does not hold.
+
+    ``inject_imbalance`` refuses it too, but only once the run has started; the other families
+    hold a val split by default (digits, published val lists, EGTEA's subjects).
+    """
+    from stages.common import val_needed_by
+
+    needs = val_needed_by(cfg)
+    if needs and cfg.data.name in ("cifar10", "cifar100") and not cfg.data.val_per_class:
+        raise ReproduceError(
+            f"data.val_per_class: {', '.join(needs)} needs a val split; expected "
+            f"data.val_per_class > 0, got {cfg.data.val_per_class}"
+        )
+
+
 def _read_as_dvc(path: Path) -> dict[str, Any]:
     """The params file as ``dvc exp show`` reads it (its YAML 1.2 loader: ``1e-05`` is a float)."""
     from dvc.utils.serialize import load_yaml
@@ -121,7 +138,7 @@ def jobs(
                 sets = [*recipes.overrides(table.row_params(row), listed), *extra, f"seed={seed}"]
                 try:
                     path = apply(base, sets, Path(tmp) / f"{row.key}-{seed}")
-                    load(path)
+                    check_val(load(path))
                 except Exception as err:  # DVC's and the config's errors alike, all reported
                     errors.append(f"{table.key}/{row.key} (seed {seed}): {err}")
                     break

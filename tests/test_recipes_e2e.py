@@ -1,0 +1,157 @@
+"""Every recipe of docs/recipes.md runs end to end, at tiny sizes, on data in the published formats.
+
+Each row of ``tools/recipes.py`` (the source of docs/recipes.md) runs its own params plus size and
+epoch overrides only: at most one epoch per stage, small batches, no warmup, a few images per class
+(``data.n_max``, ``data.imbalance``, ``data.val_per_class`` scaled down so that every class keeps an
+image), 32-pixel images, 2 frames per clip, and the data paths of the fakes built here in the
+published layouts (CIFAR's python tarballs, ImageNet-LT / Places-LT / iNaturalist list files over
+JPEGs, EGTEA's clips and split files); a ``model.weights`` path becomes null (no ImageNet weights
+here). Everything else, the method, the sampler, the finetune mode and its options, is the row's.
+
+The stages run in-process (their ``main``), in a copy of the repository per dataset, whose data
+stages run once and are shared by the rows on that data; ``tests/test_reproduce.py`` runs the
+digits table through DVC as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, TRACKED, copy_repo, merge
+from fakes import make_cifar_archive, make_image_tree
+from test_video import EGTEA_CLIPS, EGTEA_TEST, write_egtea
+from test_video import TINY as TINY_VIDEO
+
+from longtail.data import video
+from stages import download, evaluate, extract_frames, finetune, inject_imbalance, pretrain
+from tools import recipes
+
+DATA_STAGES = (download, inject_imbalance, extract_frames)
+TRAIN_STAGES = (pretrain, finetune, evaluate)
+ROWS = [(t, r) for t in recipes.TABLES for r in t.rows]
+IMAGE_LISTS = {
+    "imagenet_lt": {s: f"ImageNet_LT_{s}.txt" for s in ("train", "val", "test")},
+    "places_lt": {s: f"Places_LT_{s}.txt" for s in ("train", "val", "test")},
+    "inat2018": {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
+}
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys to a nested dict, as DVC writes ``-S`` overrides into params.yaml."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny datasets, built once for every row."""
+    root = tmp_path_factory.mktemp("fakes")
+    out: dict[str, Any] = {}
+    for kind in ("cifar10", "cifar100"):
+        path = root / f"{kind}.tar.gz"
+        out[kind] = (path, make_cifar_archive(path, kind=kind, train_per_class=6, test_per_class=1))
+    classes = ["c0", "c1", "c2"]
+    images = make_image_tree(root / "images", classes, per_class=[8, 6, 5], size=(36, 40))
+    rows = {s: [] for s in ("train", "val", "test")}
+    for label, name in enumerate(classes):
+        paths = images[name]
+        rows["train"] += [(p, label) for p in paths[: len(paths) - 2]]
+        rows["val"].append((paths[-2], label))
+        rows["test"].append((paths[-1], label))
+    for name, files in IMAGE_LISTS.items():
+        for split, file in files.items():
+            lines = rows[split] + (rows["val"] if name == "inat2018" and split == "train" else [])
+            (root / "images" / file).write_text("".join(f"{p} {c}\n" for p, c in lines))
+    out["images"] = root / "images"
+    clips = root / "moving"
+    video.download_moving_digits(TINY_VIDEO, clips)
+    egtea = root / "EGTEA"
+    source = clips / video.CLIPS_DIR
+    write_egtea(egtea, source, EGTEA_CLIPS, egtea / "action_annotation" / video.TRAIN_LIST)
+    write_egtea(egtea, source, EGTEA_TEST, egtea / "action_annotation" / video.TEST_LIST)
+    (egtea / "action_annotation" / video.VERB_INDEX).write_text("Take 1\nPut 2\nInspect/Read 19\n")
+    out["egtea"] = egtea
+    return out
+
+
+def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
+    """The row's params with the size, epoch and path overrides only."""
+    out = dict(params)
+    for stage in ("pretrain", "finetune"):
+        epochs = out.get(f"{stage}.epochs")
+        out[f"{stage}.epochs"] = 0 if epochs == 0 else 1
+        out[f"{stage}.batch_size"] = 8
+        out[f"{stage}.warmup_epochs"] = 0
+    if out.get("finetune.meta_batch_size"):
+        out["finetune.meta_batch_size"] = 6
+    name = out.get("data.name", "digits")
+    if name in ("cifar10", "cifar100"):
+        archive, md5 = fakes[name]
+        out.update({"data.archive": str(archive), "data.md5": md5, "data.n_max": 4})
+        out["data.imbalance"] = 4
+        if out.get("data.val_per_class"):
+            out["data.val_per_class"] = 1
+    elif name in IMAGE_LISTS:
+        out.update({"data.root": str(fakes["images"]), "data.image_size": 32, "data.workers": 0})
+    elif name == "egtea":
+        out.update({"data.root": str(fakes["egtea"]), "frames.size": 32, "frames.segments": 2})
+        out["frames.workers"] = 1
+    elif name == "digits":
+        out["data.n_max"] = 20
+    if out.get("model.weights"):
+        out["model.weights"] = None
+    out["train.log_every_epochs"] = 1
+    return out
+
+
+GROUPS: dict[str, Path] = {}  # data params -> a repository copy whose data stages have run
+
+
+def workspace(params: dict[str, Any], base: Path) -> Path:
+    """The repository copy for the row's data (data stages run on first use)."""
+    data = {k: v for k, v in params.items() if k.split(".")[0] in ("data", "frames")}
+    key = json.dumps(data, sort_keys=True, default=str)
+    if key not in GROUPS:
+        GROUPS[key] = copy_repo(REPO, base / f"data{len(GROUPS)}", TRACKED).root
+    return GROUPS[key]
+
+
+@pytest.mark.parametrize(
+    ("table", "row"), [pytest.param(t, r, id=f"{t.key}/{r.key}") for t, r in ROWS]
+)
+def test_recipe_runs_end_to_end(
+    table: recipes.Table,
+    row: recipes.Row,
+    fakes: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    params = tiny(table.row_params(row), fakes)
+    root = workspace(params, tmp_path_factory.getbasetemp() / "recipes")
+    defaults = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(merge(defaults, nest(params)), sort_keys=False)
+    )
+    monkeypatch.chdir(root)
+    shutil.rmtree(root / "checkpoints", ignore_errors=True)
+    if not (root / "data" / "frames").exists():
+        for stage in DATA_STAGES:
+            stage.main()
+    torch.set_num_threads(1)
+    for stage in TRAIN_STAGES:
+        stage.main()
+    result = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert 0.0 <= result["top1"] <= 100.0
+    assert result["finetune_mode"] == params.get("finetune.mode", defaults["finetune"]["mode"])
