@@ -90,8 +90,7 @@ def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
     """The row's params with the size, epoch and path overrides only."""
     out = dict(params)
     for stage in ("pretrain", "finetune"):
-        epochs = out.get(f"{stage}.epochs")
-        out[f"{stage}.epochs"] = 0 if epochs == 0 else 1
+        out[f"{stage}.epochs"] = 1
         out[f"{stage}.batch_size"] = 8
         out[f"{stage}.warmup_epochs"] = 0
     if out.get("finetune.meta_batch_size"):
@@ -108,8 +107,6 @@ def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
     elif name == "egtea":
         out.update({"data.root": str(fakes["egtea"]), "frames.size": 32, "frames.segments": 2})
         out["frames.workers"] = 1
-    elif name == "digits":
-        out["data.n_max"] = 20
     if out.get("model.weights"):
         out["model.weights"] = None
     out["train.log_every_epochs"] = 1

@@ -224,9 +224,13 @@ def wait(dvc: str, waiting: Mapping[str, Job], progress: Progress, poll: float) 
         statuses, workers = compare.queue_status(compare.call(dvc, "queue", "status"))
         for name, job in waiting.items():
             status = statuses.get(name, "unknown")
+            # A task that has left `queue status` has finished too; whether it produced a result
+            # is read from `exp show` afterwards (a missing run is reported as missing).
             if name not in final and status not in compare.PENDING_STATUSES:
                 final[name] = status
-                progress.finished(job, "ok" if status == "Success" else status.lower())
+                progress.finished(
+                    job, {"Success": "ok", "unknown": "done"}.get(status, status.lower())
+                )
         pending = [n for n in waiting if n not in final]
         idle = idle + 1 if pending and workers == 0 else 0
         if idle >= compare.IDLE_POLLS:
@@ -578,7 +582,7 @@ def reproduce(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[str
     failed: list[str] = []
     if not args.no_run:
         statuses = run_jobs(args.dvc, todo, args.jobs, args.poll, log)
-        failed = [f"{label} ({s})" for label, s in statuses.items() if s != "Success"]
+        failed = [f"{label} ({s})" for label, s in statuses.items() if s == "Failed"]
     rows = results(table, todo, compare.exp_show(args.dvc))
     text = render(table, rows, seeds)
     missing = [
