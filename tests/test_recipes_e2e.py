@@ -108,7 +108,12 @@ def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
         out.update({"data.root": str(fakes["egtea"]), "frames.size": 32, "frames.segments": 2})
         out["frames.workers"] = 1
     if out.get("model.weights"):
+        # No ImageNet weights here. A randomly initialised ResNet-152 after one tiny epoch has
+        # BatchNorm running statistics that overflow its features in eval mode (frozen backbone,
+        # BALMS): such rows run the same code on ResNet-10 unless they name ResNet-152's blocks.
         out["model.weights"] = None
+        if not out.get("finetune.train_blocks"):
+            out["model.arch"] = "resnet10"
     out["train.log_every_epochs"] = 1
     return out
 

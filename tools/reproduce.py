@@ -52,6 +52,7 @@ PARAMS_FILE = "params.yaml"
 PER_CLASS_FILE = "plots/per_class.csv"
 PENDING_STATES = ("queued", "running")
 POLL_SECONDS = 5.0
+RESTARTS = 3  # queue starts in a row without progress before giving up
 
 
 class ReproduceError(CompareError):
@@ -209,19 +210,26 @@ class Progress:
         )
 
 
-def wait(dvc: str, waiting: Mapping[str, Job], progress: Progress, poll: float) -> dict[str, str]:
+def wait(
+    dvc: str, waiting: Mapping[str, Job], progress: Progress, poll: float, workers: int
+) -> dict[str, str]:
     """Poll ``dvc queue status`` until none of ``waiting`` (name -> job) is pending.
+
+    A queue that shows no worker while runs are pending (a worker exits between tasks, or was
+    killed) is started again; only a queue that stays without one after ``RESTARTS`` starts in
+    a row is an error.
 
     Returns:
         The final status of every name (``Success``, ``Failed``, ...).
 
     Raises:
-        ReproduceError: runs are pending and the queue has had no worker for a while.
+        ReproduceError: runs are pending and no worker stays up.
     """
     final: dict[str, str] = {}
-    idle = 0
+    idle = restarts = 0
     while len(final) < len(waiting):
-        statuses, workers = compare.queue_status(compare.call(dvc, "queue", "status"))
+        statuses, active = compare.queue_status(compare.call(dvc, "queue", "status"))
+        before = len(final)
         for name, job in waiting.items():
             status = statuses.get(name, "unknown")
             # A task that has left `queue status` has finished too; whether it produced a result
@@ -232,12 +240,17 @@ def wait(dvc: str, waiting: Mapping[str, Job], progress: Progress, poll: float) 
                     job, {"Success": "ok", "unknown": "done"}.get(status, status.lower())
                 )
         pending = [n for n in waiting if n not in final]
-        idle = idle + 1 if pending and workers == 0 else 0
+        restarts = 0 if len(final) > before else restarts
+        idle = idle + 1 if pending and active == 0 else 0
         if idle >= compare.IDLE_POLLS:
-            raise ReproduceError(
-                f"expected a queue worker while {len(pending)} runs are pending "
-                f"({', '.join(pending)}); got none: rerun this command to start one"
-            )
+            if restarts >= RESTARTS:
+                raise ReproduceError(
+                    f"expected a queue worker while {len(pending)} runs are pending "
+                    f"({', '.join(pending)}); got none after {restarts} starts: see "
+                    "`dvc queue logs <name>`, then rerun this command"
+                )
+            compare.call(dvc, "queue", "start", "--jobs", str(workers))
+            idle, restarts = 0, restarts + 1
         if pending:
             time.sleep(poll)
     return final
@@ -269,7 +282,7 @@ def run_jobs(
     )
     if waiting:
         compare.call(dvc, "queue", "start", "--jobs", str(workers))
-        final = wait(dvc, waiting, progress, poll)
+        final = wait(dvc, waiting, progress, poll, workers)
         statuses.update({waiting[name].label: status for name, status in final.items()})
     return statuses
 
