@@ -14,8 +14,9 @@ can multiply the work done per second. This measures it directly:
    (24 runs of 200 epochs) at that N.
 2. **Memory per run, per architecture.** One training step of every registered network on the
    fast path (bf16 autocast, channels_last, eager), at the input size and per-GPU batch its
-   datasets use (:data:`WORKLOADS`), in a fresh process each: peak allocated and reserved device
-   memory, hence how many such runs fit in the device's memory.
+   datasets use (:data:`WORKLOADS`), one after the other in a fresh process (allocator emptied and
+   peak statistics reset for each): peak allocated and reserved device memory, hence how many
+   such runs fit in the device's memory.
 
 The recommended N is the one with the highest aggregate throughput among those whose runs fit in
 90 % of the device memory. On the CPU (``--tiny``) the same sequence runs at tiny size; memory is
@@ -140,12 +141,12 @@ def training_worker(args: argparse.Namespace, device: torch.device) -> dict[str,
     return {"start": start, "end": end, "images": images, "warm_s": warm_s, **peak_memory(device)}
 
 
-def memory_worker(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """One training step of ``--arch`` on the fast path, eager; returns its peak memory."""
-    work = workload(args.arch, args.tiny)
+def step_memory(arch: str, tiny: bool, device: torch.device) -> dict[str, float]:
+    """Two training steps of ``arch`` on the fast path, eager; the peak memory of the second."""
+    work = workload(arch, tiny)
     fast = FastPath.resolve(TrainConfig(compile="off"), device)
     with torch.device(device):
-        model = nets.create(args.arch, 100).train()
+        model = nets.create(arch, 100).train()
     fast.prepare_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(work.batch, *work.shape, device=device)
@@ -160,6 +161,23 @@ def memory_worker(args: argparse.Namespace, device: torch.device) -> dict[str, f
         optimizer.step()
     synchronize(device)
     return {"step_s": (time.perf_counter() - start) / 2, **peak_memory(device)}
+
+
+def memory_worker(args: argparse.Namespace, device: torch.device) -> None:
+    """Print one JSON line per network of ``--archs``: its step's memory, or why there is none.
+
+    One process for all networks (each starts from an emptied allocator with its peak statistics
+    reset); on the CPU the peak resident set only grows, so there it is the largest so far.
+    """
+    for arch in args.archs:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            result: dict[str, float] | str = step_memory(arch, args.tiny, device)
+        except torch.OutOfMemoryError:
+            result = "out of memory"
+        print(json.dumps({arch: result}), flush=True)
 
 
 # ---------------------------------------------------------------------------------- the parent
@@ -195,14 +213,17 @@ def concurrent(args: argparse.Namespace, jobs: int) -> list[dict[str, float]] | 
     return [json.loads(out.strip().splitlines()[-1]) for out in outs]
 
 
-def memory(args: argparse.Namespace, arch: str) -> dict[str, float] | str:
+def memory(args: argparse.Namespace, archs: list[str]) -> dict[str, dict[str, float] | str]:
+    """Every network's step memory, measured in one fresh process."""
     proc = subprocess.run(
-        worker_command(args, "--memory", "--arch", arch), capture_output=True, text=True
+        worker_command(args, "--memory", "--archs", *archs), capture_output=True, text=True
     )
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return "out of memory" if "OutOfMemory" in proc.stderr else f"failed: {last[:120]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    rows: dict[str, dict[str, float] | str] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            rows.update(json.loads(line))
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
+    return {arch: rows.get(arch, f"not measured (the process failed: {last})") for arch in archs}
 
 
 def device_memory_gib(device: torch.device) -> float | None:
@@ -280,10 +301,8 @@ def report(args: argparse.Namespace, argv: Sequence[str], device: torch.device) 
         results[n] = concurrent(args, n)
     runs_table, best = concurrency_table(results, total_gib)
     archs = list(TINY_WORKLOADS) if args.tiny else list(nets.names())
-    rows = {}
-    for arch in archs:
-        progress(f"memory of {arch}")
-        rows[arch] = memory(args, arch)
+    progress(f"memory of {', '.join(archs)}")
+    rows = memory(args, archs)
     size = "tiny " if args.tiny else ""
     device_line = describe_device(device, torch.get_num_threads())
     if total_gib is not None:
@@ -336,7 +355,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--sync", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--arch", default="resnet32", help=argparse.SUPPRESS)
+    p.add_argument("--archs", nargs="+", default=["resnet32"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if min(args.jobs) < 1 or args.epochs < 1 or args.batch_size < 1:
         p.error(
@@ -355,9 +374,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.worker or args.memory:
         torch.set_num_threads(1)  # several processes share the CPU
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        result = training_worker(args, device) if args.worker else memory_worker(args, device)
-        print(json.dumps(result))
-        return json.dumps(result)
+        if args.memory:
+            memory_worker(args, device)
+            return ""
+        result = json.dumps(training_worker(args, device))
+        print(result)
+        return result
     text = report(args, argv, device)
     print(text)
     if args.out is not None:

@@ -241,9 +241,9 @@ def test_every_sampler_trains_on_the_device(device: str, name: str) -> None:
     """Each sampler's order drives an epoch whose batches are drawn on the device (meta: below)."""
     run = trainer(device, epochs=1, compile="off", sampler=name)
     (metrics,) = run.fit()
-    assert np.isfinite(metrics["train/loss"]) and metrics["train/acc"] >= 0
-    gen = run._generator(0)
-    assert gen.device.type == device
+    assert np.isfinite(metrics["train/loss"])
+    assert run.scheduler.last_epoch == run.steps_per_epoch == 3  # every batch of the order stepped
+    assert run._generator(0).device.type == device
 
 
 def clip_source(tmp_path: Path, device: str) -> ClipSource:
