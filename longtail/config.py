@@ -140,6 +140,7 @@ class OptimConfig:
     milestones: tuple[int, ...] = ()
     lr_decay: float = _check(0.1, gt=0, le=1)
     warmup_epochs: int = _check(0, ge=0)
+    bias_decay: bool = True  # false: no weight decay on the classifier bias (CDB-CE's CIFAR code)
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class FinetuneConfig:
     augment: bool = True
     policy: Literal["crop_flip", "autoaugment_cutout"] = "crop_flip"
     backbone_bn: Literal["frozen", "train"] = "frozen"
+    optimizer: Literal["fresh", "continue"] = "fresh"
     tau_norm: float | str | tuple[float, ...] = "sweep"
     tau_norm_bias: bool = False
     train_blocks: tuple[str, ...] = ()
@@ -251,6 +253,7 @@ class TrainConfig:
     checkpoint_minutes: float = _check(10.0, gt=0)
     log_every_epochs: int = _check(1, gt=0)
     cpu_threads: int | None = _check(1, gt=0)  # torch's intra-op threads on the CPU; None: default
+    keep: Literal["last", "best"] = "last"  # best: the epoch of the best val mean-class accuracy
 
 
 @dataclass(frozen=True)
@@ -487,9 +490,55 @@ def parse(raw: Mapping[str, Any], training: bool = True) -> Config:
     """
     config = _parse(Config, raw, "")
     _check_data(config)
+    _check_continue(config)
     if training:
         _check_training(config)
     return config
+
+
+# Keys of finetune that must equal pretrain's under finetune.optimizer: continue (the one optimiser
+# and LR schedule run on); finetune.epochs is free: the number of epochs added.
+CONTINUED_KEYS = (
+    "batch_size",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "milestones",
+    "lr_decay",
+    "warmup_epochs",
+    "bias_decay",
+)
+
+
+def _check_continue(config: Config) -> None:
+    """``finetune.optimizer: continue`` runs pretrain's optimiser on: refuse what cannot."""
+    if config.finetune.optimizer != "continue":
+        return
+    why = "finetune.optimizer: continue carries pretrain's optimiser and LR schedule on"
+    if config.finetune.mode != "full":
+        _fail("finetune.mode", f"full ({why}, over the same parameters)", config.finetune.mode)
+    pre, fine = config.pretrain.optim, config.finetune.optim
+    for key in CONTINUED_KEYS:
+        if getattr(pre, key) != getattr(fine, key):
+            _fail(
+                f"finetune.{key}",
+                f"pretrain.{key}'s value {getattr(pre, key)!r} ({why})",
+                getattr(fine, key),
+            )
+    if pre.schedule == "cosine":
+        _fail(
+            "pretrain.schedule",
+            f"step or constant ({why}, and a cosine schedule has reached LR 0 at pretrain.epochs)",
+            pre.schedule,
+        )
+    if config.train.keep != "last":
+        _fail(
+            "train.keep",
+            f"last ({why} from pretrain's last epoch, so pretrain must keep that epoch)",
+            config.train.keep,
+        )
 
 
 def _check_data(config: Config) -> None:

@@ -3,7 +3,8 @@
 Methods differ in the objects handed in (network, loss, sampler, the parameters to optimise), never
 in branches here: a loss's state moves only through ``loss.set_epoch(epoch, total)`` before an epoch
 and ``loss.update(per_class_val_accuracy)`` after it (CDB-CE's difficulty weights). Model selection
-never looks at ``test``: each epoch is scored on ``val``.
+never looks at ``test``: each epoch is scored on ``val``, and ``train.keep`` picks which epoch's
+weights the stage returns (``last``, or ``best``: the best val mean per-class accuracy).
 
 The step is free of host syncs (no ``.item()``, no Python check of a tensor): loss sums accumulate
 on the device, and the NaN/inf check runs once per epoch on those sums and on the weights. On CUDA
@@ -150,11 +151,54 @@ class FastPath:
 
 
 # ---------------------------------------------------------------------------- optimiser, schedule
+def without_decay(
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], exempt: nn.Parameter | None
+) -> list:
+    """``params`` (parameters or SGD groups) with ``exempt`` moved to its own group, decay 0.
+
+    The exempt parameter's group follows the group it came from (same LR); ``None`` or a
+    parameter that is not optimised changes nothing (the list comes back as given).
+    """
+    items = list(params)
+    if exempt is None or not any(_holds(item, exempt) for item in items):
+        return items
+    groups = items if isinstance(items[0], dict) else [{"params": items}]
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        kept = [p for p in group["params"] if p is not exempt]
+        if kept:
+            out.append({**group, "params": kept})
+        if len(kept) < len(group["params"]):
+            out.append({**group, "params": [exempt], "weight_decay": 0.0})
+    return out
+
+
+def _holds(item: nn.Parameter | dict[str, Any], p: nn.Parameter) -> bool:
+    if isinstance(item, dict):
+        return any(q is p for q in item["params"])
+    return item is p
+
+
+def classifier_bias(model: nn.Module) -> nn.Parameter | None:
+    """The bias of ``model.fc`` (every network and classifier wrapper here names it ``fc``)."""
+    fc = getattr(model, "fc", None)
+    return getattr(fc, "bias", None)
+
+
 def build_optimizer(
-    params: Iterable[nn.Parameter], cfg: OptimConfig, device: torch.device
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
+    cfg: OptimConfig,
+    device: torch.device,
+    classifier_bias: nn.Parameter | None = None,
 ) -> torch.optim.SGD:
-    """SGD with momentum and weight decay; fused on CUDA, foreach on the CPU."""
+    """SGD with momentum and weight decay; fused on CUDA, foreach on the CPU.
+
+    With ``cfg.bias_decay`` false, ``classifier_bias`` trains without weight decay (CDB-CE's CIFAR
+    code gives ``linear.bias`` a group of its own with ``weight_decay`` 0).
+    """
     fused = device.type == "cuda"
+    if not cfg.bias_decay:
+        params = without_decay(params, classifier_bias)
     return torch.optim.SGD(
         list(params),
         lr=cfg.lr,
@@ -183,6 +227,64 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
         span = max(cfg.epochs - warm, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min((epoch - warm) / span, 1.0)))
     return 1.0
+
+
+# ------------------------------------------------------------------------------ kept weights
+class KeepLast:
+    """``train.keep: last``: the network of the last epoch is the stage's result."""
+
+    needs_val = False
+
+    def observe(self, epoch: int, score: float | None, model: nn.Module) -> None:
+        """Called after every epoch with the val mean per-class accuracy (None without val)."""
+
+    def restore(self, model: nn.Module, last_epoch: int) -> int:
+        """Put the kept weights into ``model``; returns the kept epoch (0-based)."""
+        return last_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class KeepBest(KeepLast):
+    """``train.keep: best``: the weights of the epoch with the best val mean per-class accuracy.
+
+    The earliest epoch wins a tie (a strictly greater score replaces it), as in CDB-CE's CIFAR
+    code (``val_accuracy > best_val_accuracy``). The score is that of ``val``, never ``test``.
+    A CPU copy of the state dict (parameters and buffers) is taken at each new best; it goes into
+    the checkpoint, so a resumed run keeps the same epoch.
+    """
+
+    needs_val = True
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.score = -math.inf
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def observe(self, epoch: int, score: float | None, model: nn.Module) -> None:
+        if score is not None and score > self.score:
+            self.epoch, self.score = epoch, score
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module, last_epoch: int) -> int:
+        if self.epoch is None:
+            return last_epoch
+        model.load_state_dict(self.weights)
+        return self.epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "score": self.score, "weights": dict(self.weights)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epoch, self.score = state["epoch"], float(state["score"])
+        self.weights = dict(state["weights"])
+
+
+KEEPS: dict[str, type[KeepLast]] = {"last": KeepLast, "best": KeepBest}
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -364,6 +466,10 @@ class Trainer:
         world: the processes that train together (one by default); ``sampler`` must be built for
             the same rank and world size.
         sync_bn: with several processes, SyncBatchNorm instead of per-rank BatchNorm statistics.
+        carry: an earlier stage's :meth:`carry_state` to continue (``finetune.optimizer:
+            continue``): its SGD state and momentum buffers, its LR schedule position and step
+            count, and its epoch count, which offsets the epochs seen by the augmentation
+            generator, the sampler and the loss, so the two stages run as one.
     """
 
     model: nn.Module
@@ -389,6 +495,7 @@ class Trainer:
     history: list[dict[str, float]] = field(default_factory=list)
     world: World = field(default_factory=World)
     sync_bn: bool = False
+    carry: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         assert (self.sampler.rank, self.sampler.world_size) == (self.world.rank, self.world.size)
@@ -397,7 +504,10 @@ class Trainer:
         self.loss.to(self.device)
         self.fast.prepare_model(self.model)
         params = self.params if self.params is not None else list(self.model.parameters())
-        self.optimizer = build_optimizer(params, self.optim, self.device)
+        self.optimizer = build_optimizer(
+            params, self.optim, self.device, classifier_bias(self.model)
+        )
+        self.keeper = KEEPS[self.train_cfg.keep]()
         self.batch_size = distributed.per_rank_batch(
             self.optim.batch_size, self.world, f"{self.stage}.batch_size"
         )
@@ -408,6 +518,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.steps_per_epoch, self.optim)
         )
+        self.epoch_offset = 0
+        if self.carry is not None:
+            self._continue_from(self.carry)
         # ``forward`` evaluates (the plain model: no collective, whatever the rank's share of val);
         # ``train_forward`` trains (DDP around the model with several processes).
         self.forward = self._compiled(self.model)
@@ -419,6 +532,8 @@ class Trainer:
         self._acc: dict[str, torch.Tensor] = {}
         self._aug_state: torch.Tensor | None = None
         self._last_lr: float | None = None  # the LR of the last optimiser step, for error messages
+        self._val_score: float | None = None  # val mean per-class accuracy of the epoch (keep)
+        self.kept_epoch: int | None = None  # set by fit: the epoch whose weights the model holds
 
     def _compiled(self, model: nn.Module) -> nn.Module:
         return torch.compile(model, dynamic=False) if self.fast.compile else model
@@ -427,6 +542,30 @@ class Trainer:
         """Print on rank 0 only."""
         if self.world.is_main:
             self.log(line)
+
+    # -- continuing an earlier stage (finetune.optimizer: continue) -----------------------------
+    def carry_state(self) -> dict[str, Any]:
+        """What a following stage needs to continue this run's optimiser (tensors and plain
+        values only, so a ``weights_only`` load reads it): SGD state with its momentum buffers,
+        the LR schedule's position (its step count), the steps per epoch and the epochs done."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epoch_offset + self.optim.epochs,
+        }
+
+    def _continue_from(self, carry: Mapping[str, Any]) -> None:
+        """Take over an earlier stage's optimiser, schedule position and epoch count."""
+        if carry["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(
+                f"{self.stage}: continuing the earlier stage's optimiser expects its "
+                f"{carry['steps_per_epoch']} steps per epoch, so that the LR schedule's epochs "
+                f"line up; got {self.steps_per_epoch} (same training set and batch_size needed)"
+            )
+        self.optimizer.load_state_dict(carry["optimizer"])
+        self.scheduler.load_state_dict(carry["scheduler"])
+        self.epoch_offset = int(carry["epochs"])
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self, epoch: int, step_in_epoch: int, gen: torch.Generator | None) -> dict:
@@ -451,6 +590,7 @@ class Trainer:
             "last_lr": self._last_lr,
             "logger_step": self.logger_step,
             "history": [dict(h) for h in self.history],
+            "keep": self.keeper.state_dict(),
         }
         if self.world.active:
             state["ranks"] = self.world.gather_objects(own)
@@ -480,6 +620,7 @@ class Trainer:
         self._last_lr = state.get("last_lr")
         self.logger_step = state["logger_step"]
         self.history = [dict(h) for h in state["history"]]
+        self.keeper.load_state_dict(state.get("keep", {}))
 
     def resume(self) -> bool:
         """Load the checkpoint if it matches; True when the run continues from it.
@@ -531,6 +672,7 @@ class Trainer:
         augment alike.
         """
         gen = torch.Generator(device=self.device)
+        epoch += self.epoch_offset  # a continued run goes on with the next epochs' draws
         gen.manual_seed(self.seed * 1_000_003 + epoch * 7919 + 17 + self.world.rank * 104_729)
         return gen
 
@@ -558,8 +700,9 @@ class Trainer:
             TrainingDiverged: the epoch's loss or the weights are NaN or infinite; the checkpoint
                 on disk is the last good one.
         """
-        self.loss.set_epoch(epoch, self.optim.epochs)
-        self.sampler.set_epoch(epoch, self.optim.epochs)
+        run_epoch, run_epochs = self.epoch_offset + epoch, self.epoch_offset + self.optim.epochs
+        self.loss.set_epoch(run_epoch, run_epochs)
+        self.sampler.set_epoch(run_epoch, run_epochs)
         gen = self._generator(epoch)
         step = self._begin_epoch(epoch, gen)
         self._set_train_mode()
@@ -668,6 +811,7 @@ class Trainer:
         correct, total = conf.diag(), conf.sum(1)
         self.loss.update(per_class_accuracy(correct, total).float().nan_to_num(1.0))
         summary = summarize(conf, self.train_counts, self.many_shot, self.few_shot)
+        self._val_score = summary["mean_class_accuracy"]
         return {f"val/{k}": summary[k] for k in ("top1", "many", "medium", "few")}
 
     # -- the run -----------------------------------------------------------------------------------
@@ -675,11 +819,23 @@ class Trainer:
         """Train from scratch or from the checkpoint; returns the per-epoch metrics.
 
         After every epoch: the checkpoint is written, then ``log_epoch`` is called, then the
-        terminal line printed, so a printed epoch line means its checkpoint is on disk.
+        terminal line printed, so a printed epoch line means its checkpoint is on disk. At the end
+        the model holds the kept weights (``train.keep``); :attr:`kept_epoch` says which epoch's.
+
+        Raises:
+            ValueError: ``train.keep: best`` without a val split.
         """
+        has_val = self.val_source is not None and len(self.val_source) > 0
+        if self.keeper.needs_val and not has_val:
+            raise ValueError(
+                f"train.keep: best selects the epoch on val, so {self.stage} expects a val split "
+                "(set data.val_per_class > 0); got 0 val samples"
+            )
         for epoch in range(self.start_epoch, self.optim.epochs):
             t0 = time.perf_counter()
+            self._val_score = None
             metrics = {**self.train_one_epoch(epoch), **self.validate()}
+            self.keeper.observe(epoch, self._val_score, self.model)
             metrics["epoch"] = epoch
             metrics["seconds"] = time.perf_counter() - t0
             self.history.append(metrics)
@@ -690,6 +846,7 @@ class Trainer:
                 self.log_epoch(epoch, metrics)
             if (epoch + 1) % self.train_cfg.log_every_epochs == 0 or epoch + 1 == self.optim.epochs:
                 self._say(_format_epoch(self.stage, epoch, self.optim.epochs, metrics))
+        self.kept_epoch = self.keeper.restore(self.model, self.optim.epochs - 1)
         return self.history
 
 

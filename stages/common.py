@@ -152,6 +152,8 @@ def train_stage(
     setup=None,
     world: World | None = None,
     first_step: int = 0,
+    carry: dict | None = None,
+    carry_out: dict | None = None,
 ) -> dict:
     """Train ``model`` with one loss and sampler under the shared loop; returns final metrics.
 
@@ -225,6 +227,7 @@ def train_stage(
         checkpointer=Checkpointer(CHECKPOINTS / f"{stage}.ckpt", sig, meta=params_used),
         world=world,
         sync_bn=cfg.dist.sync_bn,
+        carry=carry,
     )
     if setup is not None:
         setup(trainer)
@@ -241,7 +244,11 @@ def train_stage(
         print(scale_line(stage, world, trainer.batch_size, optim.lr, cfg.dist.sync_bn))
     history = trainer.fit()
     logger.close()
-    final = dict(history[-1]) if history else {}
+    if carry_out is not None:  # what a following stage needs to continue this optimiser
+        carry_out.update(trainer.carry_state())
+    # The epoch whose weights the model now holds (train.keep) and its metrics.
+    kept = trainer.kept_epoch
+    final = dict(history[kept]) if history else {}
     final.pop("seconds", None)
     summary = {
         "epochs": optim.epochs,
@@ -250,6 +257,8 @@ def train_stage(
         "seconds": round(sum(h["seconds"] for h in history), 3),
         **machine(device),
         **final,
+        "keep": cfg.train.keep,
+        "kept_epoch": kept,
     }
     world.barrier()  # every rank is done before rank 0 writes
     if world.is_main:

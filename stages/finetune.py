@@ -26,6 +26,22 @@ from stages import common
 
 PLOTS = common.PLOTS / "finetune"
 PLOTS_DECLARED = common.METRICS / "dvc.yaml"  # the plots of what this mode wrote
+def _fresh(blob: dict, source: object) -> None:
+    """``finetune.optimizer: fresh``: a new SGD, its momentum at zero, the schedule from step 0."""
+    return None
+
+
+def _continued(blob: dict, source: object) -> dict:
+    """``finetune.optimizer: continue``: pretrain's SGD state, schedule position and epochs."""
+    if not blob.get("optimizer_state"):
+        raise ValueError(
+            f"finetune.optimizer: continue expects {source} to hold pretrain's optimiser state; "
+            "got a model file without one (rewrite it with dvc repro --force pretrain)"
+        )
+    return blob["optimizer_state"]
+
+
+OPTIMIZER_STARTS = {"fresh": _fresh, "continue": _continued}
 PARAM_SECTIONS = ("seed", "determinism", "loss", "finetune", "train", "evaluate")
 # The DVCLive curves of the finetune stage, declared when the mode trains (paths from PLOTS).
 CURVES = {
@@ -51,6 +67,8 @@ def main() -> None:
     classes = read_json(common.PREPARED / "class_counts.json")
     ctx = common.context(cfg, device)
 
+    carry = OPTIMIZER_STARTS[cfg.finetune.optimizer](blob, source)
+
     def train(
         net, *, loss, sampler, params=None, sampler_options=None, setup=None, train_mode=None
     ) -> dict:
@@ -70,6 +88,7 @@ def main() -> None:
             train_mode=train_mode,
             world=world,
             first_step=pretrain_epochs,
+            carry=carry,
         )
 
     job = decouple.Job(

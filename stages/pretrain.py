@@ -33,6 +33,7 @@ def main() -> None:
     nets.check_input_size(model, arch, common.sample_shape(cfg, device), cfg.data.name)
     if cfg.model.weights:
         print(nets.load_weights(model, cfg.model.weights))
+    carry: dict = {}
     common.train_stage(
         "pretrain",
         cfg,
@@ -53,6 +54,7 @@ def main() -> None:
             "evaluate",
         ),
         world=world,
+        carry_out=carry,
     )
     if world.is_main:
         path = common.MODELS / "pretrain.pt"
@@ -63,6 +65,7 @@ def main() -> None:
             num_classes,
             info["in_channels"],
             to_dict(cfg),
+            extra={"optimizer_state": carry},  # finetune.optimizer: continue reads it
             classifier=cfg.model.classifier,
         )
     common.finish(world)
