@@ -26,6 +26,8 @@ from stages import common
 
 PLOTS = common.PLOTS / "finetune"
 PLOTS_DECLARED = common.METRICS / "dvc.yaml"  # the plots of what this mode wrote
+
+
 def _fresh(blob: dict, source: object) -> None:
     """``finetune.optimizer: fresh``: a new SGD, its momentum at zero, the schedule from step 0."""
     return None
