@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -227,6 +228,24 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
         span = max(cfg.epochs - warm, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min((epoch - warm) / span, 1.0)))
     return 1.0
+
+
+def canonical(obj: Any) -> Any:
+    """A copy of nested dicts / lists whose strings are interned and tensors cloned.
+
+    Pickle shares repeated objects by identity, so the same values can be written as different
+    bytes: strings read back from a checkpoint are not the interned ones of a fresh run. A file
+    written from this copy has the same bytes (the same DVC hash) whether the run was resumed.
+    """
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(canonical(v) for v in obj)
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    return obj
 
 
 # ------------------------------------------------------------------------------ kept weights
@@ -548,12 +567,14 @@ class Trainer:
         """What a following stage needs to continue this run's optimiser (tensors and plain
         values only, so a ``weights_only`` load reads it): SGD state with its momentum buffers,
         the LR schedule's position (its step count), the steps per epoch and the epochs done."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "steps_per_epoch": self.steps_per_epoch,
-            "epochs": self.epoch_offset + self.optim.epochs,
-        }
+        return canonical(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "steps_per_epoch": self.steps_per_epoch,
+                "epochs": self.epoch_offset + self.optim.epochs,
+            }
+        )
 
     def _continue_from(self, carry: Mapping[str, Any]) -> None:
         """Take over an earlier stage's optimiser, schedule position and epoch count."""
