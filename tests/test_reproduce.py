@@ -119,7 +119,7 @@ def test_reproduce_digits_end_to_end_resumes_and_reuses(repo: Repo) -> None:
     total = 2 * len(rows)
     assert f"{total} runs: 0 reused, 1 already queued, {total - 1} queued now" in first.stderr
     progress = re.findall(
-        r"^reproduce: (\S+)  seed (\d)  ok  (\d+)/(\d+)  elapsed \d+:\d\d:\d\d$",
+        r"^reproduce: (\S+)  seed (\d)  (?:ok|done)  (\d+)/(\d+)  elapsed \d+:\d\d:\d\d$",
         first.stderr,
         flags=re.M,
     )
