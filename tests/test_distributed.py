@@ -618,7 +618,9 @@ def test_dvc_exp_run_with_two_processes(repo: Repo) -> None:
         assert f"[{stage}] world size 2 (gloo): per-rank batch 32, global batch 64" in exp.stdout
         assert exp.stdout.count(f"[{stage}] epoch 1/2") == 1  # rank 0 alone prints
         curve = (repo.root / f"dvclive/{stage}/plots/metrics/val/top1.tsv").read_text()
-        assert [line.split("\t")[0] for line in curve.splitlines()] == ["step", "0", "1"]
+        first = 0 if stage == "pretrain" else 2  # finetune's steps continue after pretrain's
+        steps = [line.split("\t")[0] for line in curve.splitlines()]
+        assert steps == ["step", str(first), str(first + 1)]
         state = torch.load(repo.root / f"checkpoints/{stage}.ckpt", weights_only=False)
         assert len(state["ranks"]) == 2
     assert "> python -m stages.evaluate" in exp.stdout
