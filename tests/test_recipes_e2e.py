@@ -111,8 +111,9 @@ def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
         # No ImageNet weights here. A randomly initialised ResNet-152 after one tiny epoch has
         # BatchNorm running statistics that overflow its features in eval mode (frozen backbone,
         # BALMS): such rows run the same code on ResNet-10 unless they name ResNet-152's blocks.
+        # Video rows (3D networks, clip input) keep their network.
         out["model.weights"] = None
-        if not out.get("finetune.train_blocks"):
+        if not out.get("finetune.train_blocks") and not out["model.arch"].endswith("_3d"):
             out["model.arch"] = "resnet10"
     out["train.log_every_epochs"] = 1
     return out
