@@ -65,7 +65,7 @@ def main() -> None:
     device, world = common.start(cfg)
     source = common.MODELS / "pretrain.pt"
     model, blob = load_model(source, writer="pretrain")
-    pretrain_epochs = int(blob["config"]["pretrain"]["epochs"])  # where finetune's steps start
+    pretrain_epochs = cfg.pretrain.optim.epochs  # where finetune's curve steps start
     classes = read_json(common.PREPARED / "class_counts.json")
     ctx = common.context(cfg, device)
 
