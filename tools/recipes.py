@@ -1155,14 +1155,24 @@ TABLES += (
             _digits_loss("fbl", "FBL", 87.00, 1.00, 100, 0, 96.94, 0.96, 76.44, 2.14),
             Row(
                 "ldam-cosine",
-                "LDAM, cosine head (LDAM-DRW's NormedLinear)",
-                {"loss.name": "ldam", "finetune.mode": "full", "model.classifier": "cosine"},
+                "LDAM-DRW, cosine head (LDAM-DRW's NormedLinear)",
+                {
+                    "model.classifier": "cosine",
+                    "pretrain.loss.name": "ldam",
+                    "loss.name": "ldam",
+                    "loss.weights": "class_balanced",
+                    "finetune.mode": "full",
+                },
                 source="not measured yet",
             ),
         ),
         notes=(
             "`ldam` is unstable with the plain linear head (one seed trains, two collapse): "
             "its s = 30 assumes LDAM-DRW's normalised classifier.",
+            "`ldam-cosine` is LDAM-DRW in this schedule: as in LDAM-DRW, the cosine head trains "
+            "with LDAM from the first epoch (`pretrain.loss.name: ldam`; CE has no scale for "
+            "cosine logits in [-1, 1]), then finetune re-weights LDAM by class-balanced weights "
+            "(the DRW phase). The finetune restarts its cosine LR schedule like every row here.",
         ),
         measured=DIGITS_MEASURED,
     ),
