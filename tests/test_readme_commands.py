@@ -1,6 +1,7 @@
 """README.md's dataset commands run as printed: each one's params parse, and the data it asks for
 has the splits its loss and finetune mode need (CDB-CE's difficulties and a val-sourced BALMS meta
 set need a non-empty val split; ``inject_imbalance`` refuses a run without one, tested here too).
+The README's test command is the command ``.ci/run`` runs.
 
 The ``-S`` overrides go through DVC's own code, as in ``test_recipes.py``. No data, no training.
 """
@@ -29,6 +30,14 @@ def dataset_commands() -> list[str]:
     return [
         line.split("#")[0].strip() for line in joined.splitlines() if line.startswith("dvc exp run")
     ]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    text = README.read_text()
+    block = text[text.index("Run the tests") :].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert block.startswith("python3 -m venv .venv && ") and "pytest" in block
+    assert ci[-1] == block
 
 
 def has_val(cfg: Config) -> bool:
