@@ -122,6 +122,18 @@ def create(name: str, class_counts: Sequence[int] | Tensor, **options: object) -
     return cls(class_counts, **options)
 
 
+def logit_scale(name: str, **options: object) -> float:
+    """The factor a loss multiplies the logits by before its softmax: LDAM's ``s``, else 1.
+
+    A cosine head's logits lie in [-1, 1]; the loss that trained it scales them, so calibration
+    (the evaluate stage's ECE) reads ``softmax(scale * logits)``, the probabilities it trained.
+    """
+    if "s" not in option_names(name):
+        return 1.0
+    default = inspect.signature(_get(name).__init__).parameters["s"].default
+    return float(_positive("s", options.get("s", default)))
+
+
 # ------------------------------------------------------------------------------ option checking
 def _fail(option: str, expected: str, value: object) -> ValueError:
     shown = f'"{value}"' if isinstance(value, str) else repr(value)

@@ -1,7 +1,8 @@
 """Stage ``evaluate``: the final network on the balanced ``test`` split.
 
 Writes ``metrics/evaluate.json`` (top-1, many/medium/few-shot in percent, the class count of each
-group, mean per-class precision/recall, ECE, test samples listed ``num_samples`` and scored
+group, mean per-class precision/recall, ECE (of ``softmax(s * logits)`` where a cosine head was
+trained with LDAM's scale ``s``), test samples listed ``num_samples`` and scored
 ``num_scored``: a listed test clip or image that cannot be decoded counts as wrong),
 ``plots/per_class.csv`` (class, train count, accuracy) and ``plots/confusion.csv``, and prints
 the results table. Run: ``python -m stages.evaluate``.
@@ -36,7 +37,9 @@ def main() -> None:
     unscored = getattr(test, "unscored_labels", torch.zeros(0, dtype=torch.int64))
     missed = torch.bincount(unscored, minlength=len(counts))
     result = summarize(conf, counts, cfg.evaluate.many_shot, cfg.evaluate.few_shot, missed)
-    result["ece"] = expected_calibration_error(torch.softmax(logits, 1), labels)
+    # A cosine head's logits are scaled by its loss (LDAM's s): calibrate what it trained.
+    scale = float(blob.get("logit_scale", 1.0))
+    result["ece"] = expected_calibration_error(torch.softmax(scale * logits, 1), labels)
     result["finetune_mode"] = blob.get("mode", "none")
     result.update(machine(device))  # the CPU model: results move in the last digits across CPUs
     io.write_json(common.METRICS / "evaluate.json", result)

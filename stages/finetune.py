@@ -17,8 +17,8 @@ import shutil
 
 import yaml
 
-from longtail import decouple, io
-from longtail.config import to_dict
+from longtail import decouple, io, losses
+from longtail.config import Config, to_dict
 from longtail.data.base import read_json
 from longtail.pipeline import load_model, run_stage, save_model, write_plot_csv
 from longtail.train import FastPath
@@ -118,11 +118,20 @@ def main() -> None:
             blob["num_classes"],
             blob["in_channels"],
             to_dict(cfg),
-            extra={"mode": cfg.finetune.mode},
+            extra={"mode": cfg.finetune.mode, "logit_scale": logit_scale(cfg, blob)},
             classifier=blob.get("classifier", "linear"),
         )
         print(f"[finetune] mode {cfg.finetune.mode}: {summary_line(outcome.metrics)}")
     common.finish(world)
+
+
+def logit_scale(cfg: Config, blob: dict) -> float:
+    """What the final network's logits are scaled by in its last training loss (LDAM's ``s`` on
+    a cosine head, else 1): ``evaluate`` computes calibration on ``softmax(scale * logits)``."""
+    if blob.get("classifier", "linear") != "cosine":
+        return 1.0
+    spec = cfg.pretrain.loss if cfg.finetune.mode == "none" else cfg.loss
+    return losses.logit_scale(spec.name, **spec.kwargs())
 
 
 def write_outputs(outcome: decouple.Outcome, mode: str) -> None:

@@ -289,3 +289,19 @@ def test_ldam_s30_with_a_cosine_head_does_not_collapse(seed: int) -> None:
     top1, distinct = _train_ldam("cosine", seed)
     assert top1 >= 35.0  # measured 51 / 43 / 40 on seeds 0 / 1 / 2; chance is 10
     assert distinct >= 6  # a collapsed run predicts one class
+
+
+# ------------------------------------------------------------------------------ calibration scale
+def test_evaluate_calibrates_the_scale_the_last_loss_trained() -> None:
+    from stages.finetune import logit_scale
+
+    cosine, linear = {"classifier": "cosine"}, {"classifier": "linear"}
+    ldam = {"model": {"classifier": "cosine"}, "loss": {"name": "ldam", "s": 20}}
+    assert logit_scale(config.parse(ldam), cosine) == 20.0
+    assert logit_scale(config.parse(ldam), linear) == 1.0  # linear logits are unscaled
+    end_to_end = {"pretrain": {"loss": {"name": "ldam"}}, "finetune": {"mode": "none"}}
+    assert logit_scale(config.parse(end_to_end), cosine) == 30.0  # LDAM's default s
+    assert logit_scale(config.parse({"loss": {"name": "ce"}}), cosine) == 1.0
+    assert losses.logit_scale("ldam", s="16") == 16.0 and losses.logit_scale("focal") == 1.0
+    with pytest.raises(ValueError, match="s: expected"):
+        losses.logit_scale("ldam", s=0)
