@@ -1,9 +1,10 @@
 """Wall clock of the default ``dvc repro``, stage by stage, as a newcomer runs it.
 
 Copies the tracked project files (the paths of ``git ls-files``) into a fresh temporary git
-repository, runs ``dvc repro`` there ``--repeats`` times (``--force`` after the first, so every
-repeat runs all six stages from scratch), and prints one row per stage: the seconds from DVC's
-"Running stage" line to the next one (so a row includes DVC's own bookkeeping around the stage),
+repository, runs ``dvc repro`` there ``--repeats`` times (``--force`` after the first, and the
+training checkpoints removed, so every repeat runs all six stages from scratch), and prints one
+row per stage: the seconds from DVC's "Running stage" line to the next one (so a row includes
+DVC's own bookkeeping around the stage),
 with the minimum and median over repeats, and the CPU seconds of the whole run (user + system of
 every process: close to an idle machine's wall clock with one training thread, and far less
 sensitive than the wall clock to other jobs on a shared machine). A second column times the
@@ -135,6 +136,9 @@ def main() -> None:
         totals, cpus = [], []
         per_stage, imports = {s: [] for s in STAGES}, {s: [] for s in STAGES}
         for i in range(args.repeats):
+            # Checkpoints are not DVC outputs: a finished one would make a forced repeat resume
+            # with nothing to train. Each repeat starts as a fresh clone does.
+            shutil.rmtree(root / "checkpoints", ignore_errors=True)
             total, cpu, stages = repro(root, env, force=i > 0)
             totals.append(total)
             cpus.append(cpu)

@@ -98,18 +98,30 @@ def set_determinism(enabled: bool, device: torch.device) -> None:
     benchmarking that changes numerics) for ``torch.compile``. Off on CUDA: cuDNN autotuning is on.
     What determinism costs is in the README. The CPU path is repeatable either way on one machine
     with one thread count; the switch makes sure no op picks a racy kernel.
+
+    ``torch.use_deterministic_algorithms`` imports Inductor's config (1-2 s, most of a training
+    stage's start on the CPU) only to copy the switch into it. On the CPU the switch is set
+    without that import, and :func:`inductor_determinism` copies it when a model is compiled.
     """
     cuda = device.type == "cuda"
     if enabled and cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    if cuda or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(enabled)
+    else:
+        torch._C._set_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled and cuda
     if enabled and cuda:
-        import torch._inductor.config as inductor
+        inductor_determinism()
 
-        if hasattr(inductor, "deterministic"):  # absent from older PyTorch releases
-            inductor.deterministic = True
+
+def inductor_determinism() -> None:
+    """Inductor's deterministic mode follows the global switch (before ``torch.compile``)."""
+    import torch._inductor.config as inductor
+
+    if hasattr(inductor, "deterministic"):  # absent from older PyTorch releases
+        inductor.deterministic = torch.are_deterministic_algorithms_enabled()
 
 
 @dataclass(frozen=True)
@@ -555,7 +567,10 @@ class Trainer:
         self.kept_epoch: int | None = None  # set by fit: the epoch whose weights the model holds
 
     def _compiled(self, model: nn.Module) -> nn.Module:
-        return torch.compile(model, dynamic=False) if self.fast.compile else model
+        if not self.fast.compile:
+            return model
+        inductor_determinism()
+        return torch.compile(model, dynamic=False)
 
     def _say(self, line: str) -> None:
         """Print on rank 0 only."""

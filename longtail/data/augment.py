@@ -34,8 +34,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from longtail.data.autoaugment import autoaugment_cifar10, cutout
-
 __all__ = ["POLICIES", "AutoAugmentCutout", "CropFlip", "create_policy", "normalize"]
 __all__ += ["random_crop_flip", "use_policy"]
 
@@ -104,6 +102,10 @@ class AutoAugmentCutout(CropFlip):
         return True
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        # Here, not at the top: the policy table comes from torchvision, which the default
+        # crop-and-flip path never imports (a second of every training stage's start).
+        from longtail.data.autoaugment import autoaugment_cifar10, cutout
+
         images = super().__call__(images, generator)
         images = autoaugment_cifar10(images, generator)
         return cutout(images, self.HOLE, generator)
