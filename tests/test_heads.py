@@ -287,8 +287,11 @@ def test_ldam_s30_with_a_linear_head_collapses_the_control() -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ldam_s30_with_a_cosine_head_does_not_collapse(seed: int) -> None:
     top1, distinct = _train_ldam("cosine", seed)
-    assert top1 >= 35.0  # measured 51 / 43 / 40 on seeds 0 / 1 / 2; chance is 10
-    assert distinct >= 6  # a collapsed run predicts one class
+    # Seeds 0 / 1 / 2 gave 51 / 43 / 40 % on an Intel Xeon and 49 / 46 / 38 % with 6 / 7 / 5
+    # predicted classes on an AMD EPYC (floating point differs across CPUs). A collapsed run
+    # predicts one class at chance, 10 %, as the linear control does.
+    assert top1 >= 25.0
+    assert distinct >= 4
 
 
 # ------------------------------------------------------------------------------ calibration scale
