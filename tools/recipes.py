@@ -484,9 +484,12 @@ LDAM_DEVIATIONS = (
 
 
 def _kang_rows(
-    crt: dict[str, Any], lws: dict[str, Any], published: Mapping[str, tuple[Published, ...]]
+    crt: tuple[dict[str, Any], str],
+    lws: tuple[dict[str, Any], str],
+    published: Mapping[str, tuple[Published, ...]],
 ) -> tuple[Row, ...]:
-    """Joint (the CE backbone), cRT, τ-norm and LWS on one cached backbone."""
+    """Joint (the CE backbone), cRT, τ-norm and LWS on one cached backbone; ``crt`` and ``lws``
+    are (params, the epoch-length deviation)."""
     return (
         Row(
             "joint",
@@ -498,8 +501,9 @@ def _kang_rows(
         Row(
             "crt",
             "cRT",
-            crt,
+            crt[0],
             published.get("crt", ()),
+            (crt[1],),
             source="classifier learning",
         ),
         Row(
@@ -516,21 +520,47 @@ def _kang_rows(
         Row(
             "lws",
             "LWS",
-            lws,
+            lws[0],
             published.get("lws", ()),
+            (lws[1],),
             source="classifier learning",
         ),
     )
 
 
-def _kang_crt(epochs: int, batch: int, lr: float) -> dict[str, Any]:
-    return {
-        **_classifier("ce", "class_balanced", epochs, batch, lr),
+# n_max, C and N of the published training lists (longtail/data/imagelist.py checks N).
+CLASS_AWARE = {"imagenet_lt": (1_280, 1_000, 115_846), "places_lt": (4_980, 365, 62_500)}
+
+
+def _class_aware_epochs(dataset: str, epochs: int) -> tuple[int, str]:
+    """classifier-balancing's ClassAwareSampler makes an epoch of n_max * C draws; an epoch here is
+    N draws. The epochs that give the reference's number of steps, and the deviation line."""
+    n_max, classes, n = CLASS_AWARE[dataset]
+    ours = round(epochs * n_max * classes / n)
+    return ours, (
+        f"Epochs: the reference's class-aware sampler makes an epoch of n_max × C = {n_max:,} × "
+        f"{classes:,} draws, an epoch here is the {n:,} training images, so its {epochs} epochs "
+        f"are {ours} here (the same number of steps, rounded). Its cosine LR steps once per "
+        "epoch, ours every step; its per-class image cycles carry over between epochs, ours "
+        "restart with each epoch's seeded draw (exact resume)."
+    )
+
+
+def _kang_crt(dataset: str, epochs: int, batch: int, lr: float) -> tuple[dict[str, Any], str]:
+    ours, deviation = _class_aware_epochs(dataset, epochs)
+    params = {
+        **_classifier("ce", "class_balanced", ours, batch, lr),
         "finetune.samples_per_class": 4,
     }
+    return params, deviation
 
 
-def _kang_lws(epochs: int, batch: int, lr: float) -> dict[str, Any]:
+def _kang_lws(dataset: str, epochs: int, batch: int, lr: float) -> tuple[dict[str, Any], str]:
+    ours, deviation = _class_aware_epochs(dataset, epochs)
+    return _kang_lws_params(ours, batch, lr), deviation
+
+
+def _kang_lws_params(epochs: int, batch: int, lr: float) -> dict[str, Any]:
     return {
         "loss.name": "ce",
         "finetune.mode": "lws",
@@ -1049,8 +1079,8 @@ TABLES: tuple[Table, ...] = (
         "w/‖w‖^τ, τ chosen on val (the README runs `tau_norm.py` over a grid).",
         params={**KANG_IMAGENET_BASE, "model.arch": "resnext50"},
         rows=_kang_rows(
-            _kang_crt(10, 512, 0.2),
-            _kang_lws(5, 512, 0.2),
+            _kang_crt("imagenet_lt", 10, 512, 0.2),
+            _kang_lws("imagenet_lt", 5, 512, 0.2),
             {
                 "joint": (_p("kang-readme", 44.4, 65.9, 37.5, 7.7),),
                 "crt": (_p("kang-readme", 49.6, 61.8, 46.2, 27.4),),
@@ -1070,8 +1100,8 @@ TABLES: tuple[Table, ...] = (
         "config; the base model is the one the BALMS table uses).",
         params={**KANG_IMAGENET_BASE, "model.arch": "resnet10"},
         rows=_kang_rows(
-            _kang_crt(10, 512, 0.2),
-            _kang_lws(5, 512, 0.2),
+            _kang_crt("imagenet_lt", 10, 512, 0.2),
+            _kang_lws("imagenet_lt", 5, 512, 0.2),
             {"lws": (_p("kang-leaderboard", 41.4),)},
         ),
         needs="ImageNet images under `data.root` and the ImageNet-LT list files",
@@ -1094,8 +1124,8 @@ TABLES: tuple[Table, ...] = (
                 r.source,
             )
             for r in _kang_rows(
-                _kang_crt(10, 256, 0.1),
-                _kang_lws(5, 256, 0.1),
+                _kang_crt("places_lt", 10, 256, 0.1),
+                _kang_lws("places_lt", 5, 256, 0.1),
                 {
                     "tau-norm": (_p("kang-leaderboard", 37.9, 37.8, 40.7, 31.8),),
                     "lws": (_p("kang-leaderboard", 37.6, 40.6, 39.1, 28.6),),
