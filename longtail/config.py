@@ -172,7 +172,9 @@ class FinetuneConfig:
     modules named in ``train_blocks`` and the classifier are re-initialised and trained, the
     blocks at ``block_lr`` (None: ``lr``).
     ``meta_source`` is the split the class-balanced meta batches come from: ``val`` (BALMS on
-    ImageNet-LT and Places-LT) or ``train`` (BALMS on CIFAR-LT); never ``test``.
+    ImageNet-LT and Places-LT) or ``train`` (BALMS on CIFAR-LT); never ``test``. ``meta_augment``:
+    meta batches from ``train`` pass through the training augmentation, as the BALMS CIFAR meta
+    loader does (needs ``augment: true``; a ``val`` meta set is never augmented).
     """
 
     TAU_SWEEP: typing.ClassVar[tuple[float, ...]] = tuple(i / 10 for i in range(21))
@@ -192,6 +194,7 @@ class FinetuneConfig:
     meta_init_pow: float = _check(0.0, ge=0)
     meta_batch_size: int | None = _check(None, gt=0)
     meta_source: Literal["val", "train"] = "val"
+    meta_augment: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -206,6 +209,13 @@ class FinetuneConfig:
             raise ConfigError(
                 "finetune.backbone_bn: expected frozen with finetune.sampler: meta (the meta "
                 "step differentiates through the classifier on frozen features); got train"
+            )
+        if self.meta_augment and (self.meta_source != "train" or not self.augment):
+            raise ConfigError(
+                "finetune.meta_augment: true augments meta batches drawn from train with the "
+                "training augmentation; expected finetune.meta_source: train and "
+                f"finetune.augment: true, got meta_source: {self.meta_source}, augment: "
+                f"{str(self.augment).lower()}"
             )
         if self.mode == "partial" and not self.train_blocks:
             raise ConfigError(

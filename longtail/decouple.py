@@ -470,6 +470,7 @@ def _meta_source(job: Job, trainer: Any) -> MetaSource:
         meta_batch_size=size,
         world=trainer.world,
         meta_split=job.config.meta_source,
+        meta_augment=job.config.meta_augment,
     )
 
 

@@ -31,9 +31,10 @@ ImageNet-LT and Places-LT (its CIFAR ``val`` is the test set); ``finetune.meta_s
 (:data:`META_SOURCES`), and the BALMS CIFAR recipes use ``train``, with no val hold-out, so they
 train on the published 9,502 / 11,203 images of CIFAR-100/10-LT IF 200.
 
-Differences from the reference, on purpose: meta batches are unaugmented (the frozen-backbone
-features of the images), from ``train`` as from ``val`` (the reference loads its CIFAR meta set
-with the training phase's loader); every batch is drawn from the current logits (the
+Meta batches are unaugmented (the frozen-backbone features of the images) by default; the
+reference loads its CIFAR meta set with the training phase's loader, so it augments them, which
+``finetune.meta_augment: true`` does (the BALMS CIFAR recipes set it). Differences from the
+reference, on purpose: every batch is drawn from the current logits (the
 reference's DataLoader prefetches batch indices a few steps ahead); class-balanced meta batches are
 drawn from the step's generator (each class ``floor`` or ``ceil(M / C)`` times, images uniform
 within a class) instead of an endless round-robin iterator, so resuming needs no iterator state.
@@ -397,6 +398,8 @@ class MetaSource:
         meta_batch_size: images per meta batch, over all ranks (each draws ``M / world_size``).
         world: the processes training together (one by default); ``sampler`` is built for it.
         meta_split: the name of the meta set's split, for messages.
+        meta_augment: draw meta batches with the training augmentation (``train=True``), as the
+            reference's CIFAR meta loader; else unaugmented.
     """
 
     def __init__(
@@ -411,6 +414,7 @@ class MetaSource:
         meta_batch_size: int,
         world: World | None = None,
         meta_split: str = "val",
+        meta_augment: bool = False,
     ) -> None:
         world = world or World()
         if (sampler.rank, sampler.world_size) != (world.rank, world.size):
@@ -441,6 +445,7 @@ class MetaSource:
         self.train, self.meta, self.sampler = train, meta, sampler
         self.head, self.optimizer = head, optimizer
         self.shift, self.meta_batch_size, self.world = shift, meta_batch_size, world
+        self.meta_augment = meta_augment
         # This rank's share of every meta batch (the shares add up to meta_batch_size).
         self.meta_share = len(range(world.rank, meta_batch_size, world.size))
         self.labels, self.in_channels = train.labels, train.in_channels
@@ -472,7 +477,7 @@ class MetaSource:
         ``batch`` is this rank's share of the step's batch, all shares of one size.
         """
         meta_idx = balanced_batch(self.meta.labels, self.meta_share, generator)
-        meta_batch = _one_batch(self.meta, meta_idx, train=False, generator=generator)
+        meta_batch = _one_batch(self.meta, meta_idx, train=self.meta_augment, generator=generator)
         buffers, hyper = self._optimizer_state()
         params = {n: p.detach().requires_grad_(n in hyper) for n, p in self.head.named_parameters()}
         active = self.world.active

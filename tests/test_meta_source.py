@@ -23,21 +23,28 @@ from longtail.config import ConfigError
 from longtail.meta import MetaSource
 
 
-def run_meta(monkeypatch: pytest.MonkeyPatch, source: str) -> tuple[MetaSource, list, list]:
-    """Retrain the classifier with the meta sampler; returns the MetaSource, meta draws, splits."""
-    draws: list[tuple[object, torch.Tensor]] = []
+def run_meta(
+    monkeypatch: pytest.MonkeyPatch, source: str, meta_augment: bool = False
+) -> tuple[MetaSource, list, list]:
+    """Retrain the classifier with the meta sampler; returns the MetaSource, meta draws, splits.
+
+    A meta draw is recorded as (source, indices, train flag, the batch it returned).
+    """
+    draws: list[tuple[object, torch.Tensor, bool, tuple]] = []
     real = meta._one_batch
+    counter = iter(range(10**9))
 
     def recording(src, indices, *, train, generator):
-        if not train:  # the meta batch (training batches are drawn with train=True)
-            draws.append((src, indices.clone()))
-        return real(src, indices, train=train, generator=generator)
+        batch = real(src, indices, train=train, generator=generator)
+        # MetaSource.batches draws the step's training batch, then update draws its meta batch.
+        if next(counter) % 2 == 1:
+            draws.append((src, indices.clone(), train, batch))
+        return batch
 
     monkeypatch.setattr(meta, "_one_batch", recording)
-    cfg = parse(
-        {"mode": "classifier", "sampler": "meta", "meta_batch_size": 6, "meta_source": source},
-        loss="balanced_softmax",
-    )
+    options = {"mode": "classifier", "sampler": "meta", "meta_batch_size": 6}
+    options.update(meta_source=source, meta_augment=meta_augment)
+    cfg = parse(options, loss="balanced_softmax")
     train_src, val_src = images(COUNTS, 1), images([4, 4, 4], 2, padding=0)
     job, calls = make_job(pretrained(), cfg, train=train_src, val=val_src)
     opened: list[str] = []
@@ -57,8 +64,8 @@ def test_meta_batches_come_from_train_and_never_from_test(
     train_features = source.train  # the frozen-backbone features of the training images
     assert source.meta is train_features
     assert draws, "the meta step drew no meta batch"
-    for src, indices in draws:
-        assert src is train_features
+    for src, indices, train, _ in draws:
+        assert src is train_features and not train  # unaugmented by default
         assert int(indices.min()) >= 0 and int(indices.max()) < sum(COUNTS)
         labels = train_features.labels[indices]
         assert torch.bincount(labels, minlength=3).tolist() == [2, 2, 2]  # class-balanced
@@ -67,9 +74,35 @@ def test_meta_batches_come_from_train_and_never_from_test(
 
 def test_meta_batches_come_from_val_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     source, draws, opened = run_meta(monkeypatch, "val")
-    assert draws and all(src is source.meta for src, _ in draws)
+    assert draws and all(src is source.meta and not train for src, _, train, _ in draws)
     assert source.meta is not source.train and len(source.meta) == 12  # the val split
     assert "test" not in opened
+
+
+def test_meta_augment_draws_train_meta_batches_through_the_training_augmentation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # BALMS's CIFAR meta loader is the training loader: its images are augmented.
+    source, draws, _ = run_meta(monkeypatch, "train", meta_augment=True)
+    assert draws and all(src is source.meta and train for src, _, train, _ in draws)
+    plain = [
+        meta._one_batch(src, indices, train=False, generator=torch.Generator())[0]
+        for src, indices, _, _ in draws
+    ]
+    augmented = [batch[0] for _, _, _, batch in draws]
+    assert any(not torch.equal(a, p) for a, p in zip(augmented, plain, strict=True))
+    for src, indices, _, (_, labels) in draws:
+        assert torch.equal(labels, src.labels[indices])
+        assert torch.bincount(labels, minlength=3).tolist() == [2, 2, 2]
+
+
+def test_meta_augment_needs_train_meta_batches_and_augmentation() -> None:
+    assert parse({}).finetune.meta_augment is False
+    match = r"finetune.meta_augment: true .* expected finetune.meta_source: train and "
+    with pytest.raises(ConfigError, match=match + r"finetune.augment: true, got meta_source: val"):
+        parse({"meta_augment": True})
+    with pytest.raises(ConfigError, match=match + r".*augment: false"):
+        parse({"meta_augment": True, "meta_source": "train", "augment": False})
 
 
 def test_meta_source_is_validated() -> None:

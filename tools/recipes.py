@@ -289,12 +289,14 @@ def _classifier(
 
 
 def _meta(lr: float, init_pow: float, batch: int, source: str = "val") -> dict[str, Any]:
-    """The BALMS meta sampler; ``source``: where its class-balanced meta batches come from."""
+    """The BALMS meta sampler; ``source``: where its class-balanced meta batches come from (a
+    ``train`` meta set is read with the training transform, as the reference's CIFAR loader)."""
     return {
         "finetune.meta_lr": lr,
         "finetune.meta_init_pow": init_pow,
         "finetune.meta_batch_size": batch,
         "finetune.meta_source": source,
+        "finetune.meta_augment": source == "train",
         "finetune.backbone_bn": "frozen",  # the meta step needs frozen features (see BALMS_BN)
     }
 
