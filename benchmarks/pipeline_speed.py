@@ -4,10 +4,10 @@ Copies the tracked project files (the paths of ``git ls-files``) into a fresh te
 repository, runs ``dvc repro`` there ``--repeats`` times (``--force`` after the first, and the
 training checkpoints removed, so every repeat runs all six stages from scratch), and prints one
 row per stage: the seconds from DVC's "Running stage" line to the next one (so a row includes
-DVC's own bookkeeping around the stage),
-with the minimum and median over repeats, and the CPU seconds of the whole run (user + system of
-every process: close to an idle machine's wall clock with one training thread, and far less
-sensitive than the wall clock to other jobs on a shared machine). A second column times the
+DVC's own bookkeeping around the stage), with the minimum and median over repeats, and the CPU
+seconds of the whole run (user + system of every process: close to an idle machine's wall clock
+with one training thread, and far less sensitive than the wall clock to other jobs on a shared
+machine). A second column times the
 Python imports of each stage module alone (``python -c "import stages.<name>"``, same repeats):
 the fixed cost every stage pays before its first line of work. The CPU model and the thread
 settings are printed with the table.

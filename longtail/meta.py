@@ -34,10 +34,10 @@ train on the published 9,502 / 11,203 images of CIFAR-100/10-LT IF 200.
 Meta batches are unaugmented (the frozen-backbone features of the images) by default; the
 reference loads its CIFAR meta set with the training phase's loader, so it augments them, which
 ``finetune.meta_augment: true`` does (the BALMS CIFAR recipes set it). Differences from the
-reference, on purpose: every batch is drawn from the current logits (the
-reference's DataLoader prefetches batch indices a few steps ahead); class-balanced meta batches are
-drawn from the step's generator (each class ``floor`` or ``ceil(M / C)`` times, images uniform
-within a class) instead of an endless round-robin iterator, so resuming needs no iterator state.
+reference, on purpose: every batch is drawn from the current logits (the reference's DataLoader
+prefetches batch indices a few steps ahead); class-balanced meta batches are drawn from the step's
+generator (each class ``floor`` or ``ceil(M / C)`` times, images uniform within a class) instead
+of an endless round-robin iterator, so resuming needs no iterator state.
 
 Several processes (the README's "Scale out"): each rank draws its share of the step's batch (the
 training loop's per-rank batch) and its share (``M / world_size``, class-balanced) of the meta

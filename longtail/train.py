@@ -100,8 +100,9 @@ def set_determinism(enabled: bool, device: torch.device) -> None:
     with one thread count; the switch makes sure no op picks a racy kernel.
 
     ``torch.use_deterministic_algorithms`` imports Inductor's config (1-2 s, most of a training
-    stage's start on the CPU) only to copy the switch into it. On the CPU the switch is set
-    without that import, and :func:`inductor_determinism` copies it when a model is compiled.
+    stage's start on the CPU) only to copy the switch into it. On CUDA it does so; on the CPU the
+    switch is set without that import, and :func:`inductor_determinism` copies it when a model is
+    compiled.
     """
     cuda = device.type == "cuda"
     if enabled and cuda:
@@ -112,8 +113,6 @@ def set_determinism(enabled: bool, device: torch.device) -> None:
         torch._C._set_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled and cuda
-    if enabled and cuda:
-        inductor_determinism()
 
 
 def inductor_determinism() -> None:

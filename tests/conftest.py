@@ -92,13 +92,9 @@ def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Each test process (one per xdist worker) keeps its verified downloads and verify passes in
     its own folder: the user's ``~/.cache/longtail`` is never written, and two workers never
     share a cache file."""
-    before = os.environ.get("LONGTAIL_CACHE")
-    os.environ["LONGTAIL_CACHE"] = str(tmp_path_factory.mktemp("longtail-cache"))
-    yield
-    if before is None:
-        os.environ.pop("LONGTAIL_CACHE", None)
-    else:
-        os.environ["LONGTAIL_CACHE"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LONGTAIL_CACHE", str(tmp_path_factory.mktemp("longtail-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

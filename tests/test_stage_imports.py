@@ -45,9 +45,9 @@ def test_training_stages_do_not_import_torchvision_for_resnet32(repo: Repo, stag
 
 # Runs every stage in one interpreter on the CPU (params.yaml's defaults), then reports whether
 # torchvision was imported and whether the determinism switch (determinism: true) is on.
-RUN_ALL = """
+RUN_ALL = f"""
 import runpy, sys, torch
-for name in ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate"):
+for name in {(*DATA_STAGES, "pretrain", "finetune", "evaluate")!r}:
     runpy.run_module("stages." + name, run_name="__main__")
 print("torchvision" in sys.modules, torch.are_deterministic_algorithms_enabled())
 """
