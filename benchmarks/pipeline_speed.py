@@ -16,7 +16,7 @@ Run (from the repository root, with the project's ``dvc`` and ``python`` first o
     python -m benchmarks.pipeline_speed
     python -m benchmarks.pipeline_speed --repeats 3 --set train.cpu_threads=2
 
-Nothing here asserts a number; README's "Speed" quotes the table with its command and machine.
+Nothing here asserts a number; docs/speed.md quotes the table with its command and machine.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""README.md's dataset commands run as printed: each one's params parse, and the data it asks for
-has the splits its loss and finetune mode need (CDB-CE's difficulties and a val-sourced BALMS meta
-set need a non-empty val split; ``inject_imbalance`` refuses a run without one, tested here too).
+"""The dataset commands of docs/datasets.md run as printed: each one's params parse, and the data
+it asks for has the splits its loss and finetune mode need (CDB-CE's difficulties and a val-sourced
+BALMS meta set need a non-empty val split; ``inject_imbalance`` refuses a run without one, tested
+here too).
 The README's test command is the command ``.ci/run`` runs.
 
 The ``-S`` overrides go through DVC's own code, as in ``test_recipes.py``. No data, no training.
@@ -20,13 +21,12 @@ from stages import common
 from stages.inject_imbalance import check_val
 
 README = REPO / "README.md"
+DATASETS = REPO / "docs" / "datasets.md"
 
 
 def dataset_commands() -> list[str]:
-    """The ``dvc exp run`` lines of the README's Datasets section, continuations joined."""
-    text = README.read_text()
-    section = text[text.index("## Datasets") : text.index("## Methods")]
-    joined = re.sub(r"\\\n\s*", " ", section)
+    """The ``dvc exp run`` lines of docs/datasets.md, continuations joined."""
+    joined = re.sub(r"\\\n\s*", " ", DATASETS.read_text())
     return [
         line.split("#")[0].strip() for line in joined.splitlines() if line.startswith("dvc exp run")
     ]
@@ -52,7 +52,7 @@ def has_val(cfg: Config) -> bool:
     return True  # video: val held out by subject
 
 
-def test_the_readme_prints_the_dataset_commands() -> None:
+def test_the_docs_print_the_dataset_commands() -> None:
     commands = dataset_commands()
     names = {re.search(r"data\.name=(\w+)", c).group(1) for c in commands}
     assert {"cifar100", "imagenet_lt", "moving_digits", "egtea"} <= names
