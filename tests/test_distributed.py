@@ -366,11 +366,11 @@ CASES = {
 
 
 # ------------------------------------------------------------------------ samplers and slices
-@pytest.mark.parametrize("world_size", [2, 3])
 # Every registered sampler, and the BALMS meta step's learnable one.
 BUILDERS = {**{n: partial(samplers.create, n) for n in samplers.names()}, "meta": MetaSampler}
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_ranks_share_the_single_process_order(name: str, world_size: int) -> None:
     # 76 images (not a multiple of 3), a long tail down to one image and an empty class.
