@@ -139,8 +139,13 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """``pretrain``: representation learning (plain CE by default)."""
+    """``pretrain``: representation learning (plain CE by default).
 
+    ``mode`` picks an entry of ``longtail.loop.PRETRAIN_MODES``: ``train`` (the default) or
+    ``weights`` (no training: ``model.weights`` pass through, scored on ``val``).
+    """
+
+    mode: str = "train"
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: str = "instance"
     samples_per_class: int = _check(1, ge=1)

@@ -7,6 +7,11 @@ features, unaugmented batches) and which modules stay in eval mode. A stage says
 how*: the run's config, device and processes, its splits, checkpoint, curves and metrics paths.
 :func:`run` builds the :class:`~longtail.train.Trainer`, resumes its checkpoint, trains, and
 writes the stage's metrics; no code here asks which mode or sampler it runs.
+
+``pretrain.mode`` (:data:`PRETRAIN_MODES`): ``train`` runs the loop; ``weights`` starts from
+``model.weights`` without a training epoch (:func:`evaluate_only`), as FBL on Places-LT, whose
+backbone keeps its ImageNet weights and statistics (juyongjiang/FBL ``train.py`` runs it in eval
+mode under ``no_grad``), instead of one pretrain epoch that replaces the BatchNorm statistics.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 from longtail.config import Config, ConfigError, LossConfig, OptimConfig
 from longtail.data.base import Source
 from longtail.distributed import World
+from longtail.registry import Registry
 
 
 class Step(Protocol):
@@ -231,6 +237,62 @@ def run(plan: Plan, stage: Stage) -> dict[str, Any]:
     if world.is_main:
         io.write_json(stage.metrics_path, summary)
     return summary
+
+
+def evaluate_only(plan: Plan, stage: Stage) -> dict[str, Any]:
+    """No training: the plan's network scored on ``val`` once, written as the stage's metrics.
+
+    ``pretrain.mode: weights``: the network holds ``model.weights`` and passes through; no
+    optimiser step, no BatchNorm update (evaluation runs in eval mode). The curves folder is
+    left empty (the stage declares it), the metrics hold ``epochs: 0`` and the val scores.
+    """
+    import shutil
+
+    from longtail import io
+    from longtail.pipeline import machine
+
+    cfg, world = stage.cfg, stage.world
+    trainer = trainer_for(plan, stage)
+    scores = trainer.validate()
+    summary = {
+        "epochs": 0,
+        "loss": plan.loss.name,
+        "sampler": plan.sampler,
+        "seconds": 0.0,
+        **machine(stage.device),
+        **scores,
+        "keep": cfg.train.keep,
+        "kept_epoch": None,
+    }
+    if world.is_main:
+        print(f"[{stage.name}] {stage.describe}: no training, the weights pass through ({scores})")
+    world.barrier()
+    if world.is_main:
+        if stage.live_dir is not None:
+            shutil.rmtree(stage.live_dir, ignore_errors=True)
+            (stage.live_dir / "plots").mkdir(parents=True)
+        if stage.metrics_path is not None:
+            io.write_json(stage.metrics_path, summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class PretrainMode:
+    """A ``pretrain.mode``: how the pretrain stage runs its plan.
+
+    Attributes:
+        run: :func:`run` or :func:`evaluate_only`.
+        trains: whether it takes optimiser steps (else it needs ``model.weights`` to start from,
+            and leaves no optimiser for ``finetune.optimizer: continue``).
+    """
+
+    run: Callable[[Plan, Stage], dict[str, Any]]
+    trains: bool
+
+
+PRETRAIN_MODES: Registry[PretrainMode] = Registry("pretrain.mode")
+PRETRAIN_MODES.add("train", PretrainMode(run=run, trains=True))
+PRETRAIN_MODES.add("weights", PretrainMode(run=evaluate_only, trains=False))
 
 
 def scale_line(stage: str, world: World, per_rank: int, lr: float, sync_bn: bool) -> str:

@@ -128,6 +128,7 @@ def _check_training(config: Config) -> None:
     _named("finetune.meta_source", config.finetune.meta_source, meta.META_SOURCES)
     _named("train.keep", config.train.keep, KEEPS)
     _check_head(config.model, config.finetune.mode)
+    _check_pretrain_mode(config)
     _named("pretrain.sampler", config.pretrain.sampler, samplers.names())
     mode = modes.get(config.finetune.mode)
     _check_finetune_sampler(config, mode)
@@ -140,6 +141,24 @@ def _check_training(config: Config) -> None:
         except ValueError as err:
             raise ConfigError(f"{stage}.{err}") from None
     mode.check(config)
+
+
+def _check_pretrain_mode(config: Config) -> None:
+    """``pretrain.mode`` names an entry; one that does not train needs weights to start from."""
+    from longtail import loop
+
+    _named("pretrain.mode", config.pretrain.mode, loop.PRETRAIN_MODES)
+    if loop.PRETRAIN_MODES[config.pretrain.mode].trains:
+        return
+    why = f"pretrain.mode: {config.pretrain.mode} starts from them without training"
+    if not config.model.weights:
+        _fail("model.weights", f"a checkpoint path ({why})", config.model.weights)
+    if config.finetune.optimizer != "fresh":
+        _fail(
+            "finetune.optimizer",
+            f"fresh (pretrain.mode: {config.pretrain.mode} runs no optimiser to continue)",
+            config.finetune.optimizer,
+        )
 
 
 def _check_finetune_sampler(config: Config, mode: Any) -> None:

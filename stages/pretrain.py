@@ -1,5 +1,8 @@
 """Stage ``pretrain``: representation learning (plain CE by default, or ``pretrain.loss``).
 
+``pretrain.mode: weights`` trains nothing: the network starts from ``model.weights`` and passes
+through, scored on ``val`` (``longtail.loop.evaluate_only``).
+
 It does not read the ``loss`` section, so ``dvc exp run -S loss.tau=1.5`` reuses the cached
 backbone.
 Writes ``models/pretrain.pt``, ``metrics/pretrain.json`` and the per-epoch curves
@@ -46,7 +49,8 @@ def main() -> None:
         param_sections=PARAM_SECTIONS,
         carry_out=carry,
     )
-    loop.run(Plan(net=model, loss=cfg.pretrain.loss, sampler=cfg.pretrain.sampler), stage)
+    plan = Plan(net=model, loss=cfg.pretrain.loss, sampler=cfg.pretrain.sampler)
+    loop.PRETRAIN_MODES[cfg.pretrain.mode].run(plan, stage)
     if world.is_main:
         path = common.MODELS / "pretrain.pt"
         save_model(

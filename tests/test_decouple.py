@@ -628,6 +628,27 @@ def test_partial_reinitialises_the_blocks_with_their_seeded_defaults() -> None:
     assert not net.stem.training and net.block.training and net.fc.training
 
 
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_partial_frozen_blocks_follow_backbone_bn(bn: str) -> None:
+    """``frozen`` (the default, FBL's eval-mode backbone): the frozen stem's BatchNorm neither
+    normalises with batch statistics nor updates its running ones; ``train``: it does both, its
+    weights still fixed."""
+    net = two_stage()
+    stem = state(net, "stem.")
+    cfg = parse({"mode": "partial", "train_blocks": ["block"], "backbone_bn": bn})
+    job, calls = make_job(net, cfg)
+    run("partial", job)
+    bn_keys = ("stem.1.running_mean", "stem.1.running_var", "stem.1.num_batches_tracked")
+    moved = [k for k in bn_keys if not torch.equal(net.state_dict()[k], stem[k])]
+    assert moved == ([] if bn == "frozen" else list(bn_keys))
+    assert int(net.stem[1].num_batches_tracked) == (7 if bn == "frozen" else 7 + 2 * 3)
+    for key in ("stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias"):
+        assert torch.equal(net.state_dict()[key], stem[key]), key
+    model = calls[0]["trainer"].model
+    calls[0]["trainer"].train_mode(model)
+    assert net.stem.training == (bn == "train") and net.block.training and net.fc.training
+
+
 def test_partial_defaults_block_lr_to_lr() -> None:
     job, calls = make_job(two_stage(), parse({"mode": "partial", "train_blocks": ["block.0"]}))
     run("partial", job)
