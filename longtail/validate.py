@@ -112,9 +112,9 @@ def _check_continue(config: Config) -> None:
 def _check_training(config: Config) -> None:
     """Names and options that pick from the torch-based registries, and the mode's own checks."""
     from longtail import decouple, meta, modes, nets, samplers
+    from longtail.checkpoint import KEEPS
     from longtail.data import augment
     from longtail.nets import heads
-    from longtail.train import KEEPS
 
     _check_loss(config.pretrain.loss, "pretrain.loss")
     _check_loss(config.loss, "loss")
