@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+import trainers
 from conftest import REPO, TINY, TRACKED, Crash, CrashingSource, Repo, copy_repo, git_init, merge
 from torch import nn
 
@@ -120,23 +121,20 @@ def make_trainer(
 ) -> Trainer:
     options = {"epochs": 3, "batch_size": 16, "lr": 0.05, "warmup_epochs": 1, **optim}
     labels = source(COUNTS, 1).labels
-    return Trainer(
-        model=TinyNet(init_seed, bn=bn),
-        loss=losses.create(loss, COUNTS, **({"tau": 1.5} if loss == "cdb_ce" else {})),
-        sampler=samplers.create(sampler, labels, seed=3, rank=world.rank, world_size=world.size),
-        train_source=train_source or source(COUNTS, 1, augment),
-        val_source=source([7, 5, 4, 3], 2),  # 19 images: the ranks' shares differ in size
+    return trainers.make_trainer(
+        TinyNet(init_seed, bn=bn),
+        train_source or source(COUNTS, 1, augment),
+        source([7, 5, 4, 3], 2),  # 19 images: the ranks' shares differ in size
+        COUNTS,
         optim=OptimConfig(**options),
         train_cfg=TrainConfig(amp="off", channels_last="off", compile="off", eval_batch_size=4),
-        device=CPU,
+        loss=losses.create(loss, COUNTS, **({"tau": 1.5} if loss == "cdb_ce" else {})),
+        sampler=samplers.create(sampler, labels, seed=3, rank=world.rank, world_size=world.size),
         seed=5,
-        num_classes=CLASSES,
-        train_counts=COUNTS,
         many_shot=15,
         few_shot=8,
         stage="pretrain",
         checkpointer=Checkpointer(checkpoint, "sig", log=lambda line: None) if checkpoint else None,
-        log=lambda line: None,
         world=world,
     )
 
