@@ -411,7 +411,7 @@ def _parse(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _parse_loss(raw: Any, prefix: str) -> LossConfig:
-    """Parse a loss section into ``name`` plus options (their values: :func:`_check_losses`)."""
+    """Parse a loss section into ``name`` plus options (their values: ``longtail.validate``)."""
     if raw is None:
         raw = {}
     if isinstance(raw, str):  # ``pretrain.loss: ce`` is shorthand for ``{name: ce}``
