@@ -121,3 +121,53 @@ def test_data_stage_checks_leave_the_training_registries_to_the_training_stages(
         parse({"data": {"name": "mnist"}}, training=False)
     with pytest.raises(ConfigError, match=r"pretrain\.epochs"):
         parse({"pretrain": {"epochs": 0}}, training=False)
+
+
+def test_no_literal_in_config_copies_a_registry() -> None:
+    """Keys that pick from a registry are plain strings checked against it (longtail.validate);
+    a Literal of config.py lists none of a registry's names."""
+    import dataclasses
+    import typing
+
+    from longtail import config, data, decouple, loop, meta, modes, nets, samplers
+    from longtail.checkpoint import KEEPS
+    from longtail.data import augment, imbalance
+    from longtail.nets import heads
+
+    registries = [
+        losses.names(),
+        samplers.names(),
+        nets.names(),
+        heads.names(),
+        modes.names(),
+        data.names(),
+        tuple(decouple.BACKBONE_BN),
+        tuple(meta.META_SOURCES),
+        tuple(KEEPS),
+        tuple(imbalance.SUBSETS),
+        imbalance.PROFILES,
+        tuple(augment.POLICIES),
+        tuple(loop.PRETRAIN_MODES),
+    ]
+    literals = []
+    for cls in vars(config).values():
+        if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+            for hint in typing.get_type_hints(cls).values():
+                if typing.get_origin(hint) is typing.Literal:
+                    literals.append(set(typing.get_args(hint)))
+    assert literals  # the check reads the annotations
+    assert not [(lit, r) for lit in literals for r in registries if lit <= set(r)]
+
+
+def test_a_registered_name_is_accepted_without_editing_config(monkeypatch) -> None:
+    from longtail import modes
+
+    class Echo(modes.Mode):
+        name = "echo_test"
+
+        def trains(self, cfg: Config) -> bool:
+            return False
+
+    monkeypatch.setattr(modes, "MODES", modes.MODES.copy())
+    modes.register(Echo)
+    assert parse({"finetune": {"mode": "echo_test"}}).finetune.mode == "echo_test"
