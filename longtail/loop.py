@@ -116,7 +116,9 @@ class Stage:
         return self.section.optim
 
 
-def build_sampler(plan: Plan, labels: torch.Tensor, stage_name: str, section: Any, **where: int):
+def build_sampler(
+    plan: Plan, labels: torch.Tensor, stage_name: str, section: Any, **where: int
+) -> Any:
     """The plan's sampler: its step strategy's, else the registry's (``where``: seed, rank, ...).
 
     Raises:
