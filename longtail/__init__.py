@@ -6,3 +6,7 @@ fixed paths.
 """
 
 __version__ = "0.1.0"
+
+# The config's checks across sections and registries join ``longtail.config.parse`` here, so that
+# ``longtail.config`` imports nothing from the package.
+from longtail import validate as _validate  # noqa: F401

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,17 +45,11 @@ def _check(
 # ---------------------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class LossConfig:
-    """A loss by registry name plus its options; keys a loss does not take are ignored by it."""
+    """A loss by registry name plus its options; keys a loss does not take are ignored by it
+    (``longtail.losses.kwargs``: the options the named loss takes)."""
 
     name: str = "ce"
     options: Mapping[str, Any] = field(default_factory=dict)
-
-    def kwargs(self) -> dict[str, Any]:
-        """The options this loss accepts, as keyword arguments for ``losses.create``."""
-        from longtail import losses
-
-        accepted = losses.option_names(self.name)
-        return {k: v for k, v in self.options.items() if k in accepted}
 
 
 @dataclass(frozen=True)
@@ -78,12 +72,12 @@ class DataConfig:
 
     name: str = "digits"
     seed: int = _check(0, ge=0)
-    subset: Literal["ldam", "cdb", "random"] = "ldam"
+    subset: str = "ldam"
     root: str | None = None
     archive: str | None = None
     md5: str | None = "auto"
     imbalance: float = _check(50.0, ge=1.0)
-    profile: Literal["exp", "step"] = "exp"
+    profile: str = "exp"
     n_max: int | None = _check(None, gt=0)
     n_min: int | None = _check(None, gt=0)
     val_per_class: int | None = _check(None, ge=0)
@@ -145,12 +139,17 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """``pretrain``: representation learning (plain CE by default)."""
+    """``pretrain``: representation learning (plain CE by default).
 
+    ``mode`` picks an entry of ``longtail.loop.PRETRAIN_MODES``: ``train`` (the default) or
+    ``weights`` (no training: ``model.weights`` pass through, scored on ``val``).
+    """
+
+    mode: str = "train"
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: str = "instance"
     samples_per_class: int = _check(1, ge=1)
-    policy: Literal["crop_flip", "autoaugment_cutout"] = "crop_flip"
+    policy: str = "crop_flip"
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -158,16 +157,18 @@ class PretrainConfig:
 class FinetuneConfig:
     """``finetune``: loss-specific fine-tuning or decoupled retraining of the pretrained network.
 
-    ``mode`` picks an entry of ``longtail.decouple.MODES``. ``tau_norm`` is a number (τ of the
+    ``mode`` picks an entry of ``longtail.modes.MODES``, which also says which keys it reads and
+    refuses what it cannot run (``longtail.validate``). ``tau_norm`` is a number (τ of the
     τ-normalised classifier), a list of candidates, or ``sweep`` (classifier-balancing's grid
     0, 0.1, ..., 2); with more than one candidate the best on ``val`` is used. The ``meta_*`` keys
-    configure the BALMS meta sampler (``sampler: meta``, refused with ``mode: full``); their
+    configure BALMS's meta step (``sampler: meta`` under ``mode: classifier``); their
     defaults are the BALMS CIFAR configs (``init_pow`` 0, Adam lr 0.01, meta batch = batch size).
     ``samples_per_class``: consecutive images per class visit of the ``class_balanced`` sampler
     (classifier-balancing's ``num_samples_cls``). ``policy``: the training augmentation
     (``longtail.data.augment.POLICIES``). ``backbone_bn``: a frozen backbone's BatchNorm
-    in ``classifier`` / ``lws`` stays in eval mode (``frozen``) or runs in train mode (``train``,
-    the reference code: batch statistics, drifting running statistics). ``tau_norm_bias``: keep
+    in ``classifier`` / ``lws`` (and the frozen blocks' in ``partial``) stays in eval mode
+    (``frozen``) or runs in train mode (``train``, the reference code: batch statistics, drifting
+    running statistics). ``tau_norm_bias``: keep
     the classifier bias in ``tau_norm`` (the reference scores without it). ``partial``: only the
     modules named in ``train_blocks`` and the classifier are re-initialised and trained, the
     blocks at ``block_lr`` (None: ``lr``).
@@ -179,12 +180,12 @@ class FinetuneConfig:
 
     TAU_SWEEP: typing.ClassVar[tuple[float, ...]] = tuple(i / 10 for i in range(21))
 
-    mode: Literal["none", "full", "classifier", "tau_norm", "lws", "partial"] = "full"
+    mode: str = "full"
     sampler: str = "instance"
     samples_per_class: int = _check(1, ge=1)
     augment: bool = True
-    policy: Literal["crop_flip", "autoaugment_cutout"] = "crop_flip"
-    backbone_bn: Literal["frozen", "train"] = "frozen"
+    policy: str = "crop_flip"
+    backbone_bn: str = "frozen"
     optimizer: Literal["fresh", "continue"] = "fresh"
     tau_norm: float | str | tuple[float, ...] = "sweep"
     tau_norm_bias: bool = False
@@ -193,23 +194,12 @@ class FinetuneConfig:
     meta_lr: float = _check(0.01, gt=0)
     meta_init_pow: float = _check(0.0, ge=0)
     meta_batch_size: int | None = _check(None, gt=0)
-    meta_source: Literal["val", "train"] = "val"
+    meta_source: str = "val"
     meta_augment: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tau_norm", self._parse_tau_norm(self.tau_norm))
-        # The sampler is read by "full" and "classifier" only; a meta step exists in the latter.
-        if self.sampler == "meta" and self.mode == "full":
-            raise ConfigError(
-                "finetune.sampler: meta expects finetune.mode: classifier (BALMS meta-learns the "
-                f"sampler of classifier retraining); got finetune.mode: {self.mode}"
-            )
-        if self.sampler == "meta" and self.backbone_bn == "train":
-            raise ConfigError(
-                "finetune.backbone_bn: expected frozen with finetune.sampler: meta (the meta "
-                "step differentiates through the classifier on frozen features); got train"
-            )
         if self.meta_augment and (self.meta_source != "train" or not self.augment):
             raise ConfigError(
                 "finetune.meta_augment: true augments meta batches drawn from train with the "
@@ -217,15 +207,6 @@ class FinetuneConfig:
                 f"finetune.augment: true, got meta_source: {self.meta_source}, augment: "
                 f"{str(self.augment).lower()}"
             )
-        if self.mode == "partial" and not self.train_blocks:
-            raise ConfigError(
-                "finetune.train_blocks: expected a non-empty list of module names (e.g. "
-                "[layer4.2]) with finetune.mode: partial; got []"
-            )
-
-    def stage_sampler(self) -> str:
-        """The sampler the training loop of this mode uses (LWS is class-balanced by definition)."""
-        return "class_balanced" if self.mode == "lws" else self.sampler
 
     @classmethod
     def _parse_tau_norm(cls, value: Any) -> float | str | tuple[float, ...]:
@@ -263,7 +244,7 @@ class TrainConfig:
     checkpoint_minutes: float = _check(10.0, gt=0)
     log_every_epochs: int = _check(1, gt=0)
     cpu_threads: int | None = _check(1, gt=0)  # torch's intra-op threads on the CPU; None: default
-    keep: Literal["last", "best"] = "last"  # best: the epoch of the best val mean-class accuracy
+    keep: str = "last"  # best: the epoch of the best val mean-class accuracy
 
 
 @dataclass(frozen=True)
@@ -430,7 +411,7 @@ def _parse(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _parse_loss(raw: Any, prefix: str) -> LossConfig:
-    """Parse a loss section into ``name`` plus options (their values: :func:`_check_losses`)."""
+    """Parse a loss section into ``name`` plus options (their values: ``longtail.validate``)."""
     if raw is None:
         raw = {}
     if isinstance(raw, str):  # ``pretrain.loss: ce`` is shorthand for ``{name: ce}``
@@ -443,41 +424,6 @@ def _parse_loss(raw: Any, prefix: str) -> LossConfig:
     return LossConfig(name=name, options=types.MappingProxyType(options))
 
 
-def _check_loss(section: LossConfig, prefix: str) -> None:
-    """Every option of a loss section is valid, whichever loss the section selects.
-
-    Driven by the registry (each loss's keyword-only options and its own checks), never by a list
-    kept here: a key no registered loss takes is unknown; a value is refused when no loss that
-    takes the key accepts it on its own (``loss.gamma: -1`` is refused under ``loss.name: cdb_ce``
-    too); then the selected loss is built with its options together (combinations it refuses).
-    """
-    from longtail import losses
-
-    if section.name not in losses.names():
-        _fail(f"{prefix}.name", "one of " + ", ".join(losses.names()), section.name)
-    takers: dict[str, list[str]] = {}
-    for name in losses.names():
-        for option in losses.option_names(name):
-            takers.setdefault(option, []).append(name)
-    for key, value in section.options.items():
-        if key not in takers:
-            _unknown(f"{prefix}.{key}", ["name", *takers])
-        errors = []
-        for name in takers[key]:
-            try:  # two dummy classes suffice to check an option's value
-                losses.create(name, [1, 1], **{key: value})
-            except ValueError as err:
-                errors.append(str(err))
-            else:
-                break
-        else:
-            raise ConfigError(f"{prefix}.{errors[0]}")
-    try:
-        losses.create(section.name, [1, 1], **section.kwargs())
-    except ValueError as err:
-        raise ConfigError(f"{prefix}.{err}") from None
-
-
 def _loss_value(value: Any) -> Any:
     """Loss options arrive as YAML scalars; numeric strings become numbers (DVC writes 1e-05)."""
     if isinstance(value, str):
@@ -488,8 +434,17 @@ def _loss_value(value: Any) -> Any:
     return value
 
 
+# The checks across sections and registries, ``check(config, training)``: ``longtail.validate``
+# adds its own when the package is imported (``longtail/__init__.py``), so this module imports
+# nothing from the package (the registries that name the allowed values live there).
+CHECKS: list[Callable[[Config, bool], None]] = []
+
+
 def parse(raw: Mapping[str, Any], training: bool = True) -> Config:
     """Build a :class:`Config` from a parsed params mapping, validating every key.
+
+    The types, ranges and checks within one section are this module's; the names that pick from
+    a registry and the checks across sections run in :data:`CHECKS` (``longtail.validate``).
 
     Args:
         raw: the parsed ``params.yaml``.
@@ -499,107 +454,9 @@ def parse(raw: Mapping[str, Any], training: bool = True) -> Config:
             training stage refuses those values before any training.
     """
     config = _parse(Config, raw, "")
-    _check_data(config)
-    _check_continue(config)
-    if training:
-        _check_training(config)
+    for check in CHECKS:
+        check(config, training)
     return config
-
-
-# Keys of finetune that must equal pretrain's under finetune.optimizer: continue (the one optimiser
-# and LR schedule run on); finetune.epochs is free: the number of epochs added.
-CONTINUED_KEYS = (
-    "batch_size",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "schedule",
-    "milestones",
-    "lr_decay",
-    "warmup_epochs",
-    "bias_decay",
-)
-
-
-def _check_continue(config: Config) -> None:
-    """``finetune.optimizer: continue`` runs pretrain's optimiser on: refuse what cannot."""
-    if config.finetune.optimizer != "continue":
-        return
-    why = "finetune.optimizer: continue carries pretrain's optimiser and LR schedule on"
-    if config.finetune.mode != "full":
-        _fail("finetune.mode", f"full ({why}, over the same parameters)", config.finetune.mode)
-    pre, fine = config.pretrain.optim, config.finetune.optim
-    for key in CONTINUED_KEYS:
-        if getattr(pre, key) != getattr(fine, key):
-            _fail(
-                f"finetune.{key}",
-                f"pretrain.{key}'s value {getattr(pre, key)!r} ({why})",
-                getattr(fine, key),
-            )
-    if pre.schedule == "cosine":
-        _fail(
-            "pretrain.schedule",
-            f"step or constant ({why}, and a cosine schedule has reached LR 0 at pretrain.epochs)",
-            pre.schedule,
-        )
-    if config.train.keep != "last":
-        _fail(
-            "train.keep",
-            f"last ({why} from pretrain's last epoch, so pretrain must keep that epoch)",
-            config.train.keep,
-        )
-
-
-def _check_data(config: Config) -> None:
-    """``data.name`` names a registered dataset family (a check that imports no torch)."""
-    from longtail import data
-
-    if config.data.name not in data.names():
-        _fail("data.name", "one of " + ", ".join(data.names()), config.data.name)
-
-
-def _check_training(config: Config) -> None:
-    """Loss options, sampler, network and head names that pick from the torch-based registries."""
-    from longtail import nets, samplers
-    from longtail.nets import heads
-
-    _check_loss(config.pretrain.loss, "pretrain.loss")
-    _check_loss(config.loss, "loss")
-    if config.model.arch != "auto" and config.model.arch not in nets.names():
-        _fail("model.arch", "one of auto, " + ", ".join(nets.names()), config.model.arch)
-    if config.model.classifier not in heads.names():
-        _fail("model.classifier", "one of " + ", ".join(heads.names()), config.model.classifier)
-    if config.model.bias_init not in heads.BIAS_INITS:
-        _fail("model.bias_init", "one of " + ", ".join(heads.BIAS_INITS), config.model.bias_init)
-    _check_head(config.model, config.finetune.mode)
-    for key, name in (
-        ("pretrain.sampler", config.pretrain.sampler),
-        ("finetune.sampler", config.finetune.sampler),
-    ):
-        if name not in samplers.names():
-            _fail(key, "one of " + ", ".join(samplers.names()), name)
-    for stage, section in (("pretrain", config.pretrain), ("finetune", config.finetune)):
-        sampler = section.stage_sampler() if stage == "finetune" else section.sampler
-        try:
-            samplers.stage_options(sampler, samples_per_class=section.samples_per_class)
-        except ValueError as err:
-            raise ConfigError(f"{stage}.{err}") from None
-
-
-def _check_head(model: ModelConfig, mode: str) -> None:
-    """The head must take the finetune mode and the bias initialisation."""
-    from longtail.nets import heads
-
-    why = heads.refusal(model.classifier, mode)
-    if why is not None:
-        raise ConfigError(
-            f"finetune.mode: {mode} makes no sense with model.classifier: {model.classifier} "
-            f"({why}); expected another finetune.mode or model.classifier: linear"
-        )
-    why = heads.bias_refusal(model.bias_init, model.classifier)
-    if why is not None:
-        raise ConfigError(f"model.bias_init: {why}; expected model.bias_init: default")
 
 
 def load(path: str | Path = "params.yaml", training: bool = True) -> Config:

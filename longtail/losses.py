@@ -29,10 +29,16 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from longtail.registry import Registry
+
+if TYPE_CHECKING:
+    from longtail.config import LossConfig
 
 # A class measured at 100 % validation accuracy has difficulty 1 - A_c = 0; CDB-CE floors the
 # difficulty here so the class keeps a small, non-zero weight (see CDBCrossEntropy).
@@ -42,7 +48,7 @@ CDB_DYNAMIC_EPS = 0.01
 # FBL's curriculum reaches full strength this many epochs before the end (original code: E - 10).
 FBL_CURRICULUM_TAIL = 10
 
-LOSSES: dict[str, type[LongTailLoss]] = {}
+LOSSES: Registry[type[LongTailLoss]] = Registry("loss.name")
 
 
 # ------------------------------------------------------------------------------------- registry
@@ -60,27 +66,19 @@ def register(name: str) -> Callable[[type[LongTailLoss]], type[LongTailLoss]]:
     """
 
     def decorator(cls: type[LongTailLoss]) -> type[LongTailLoss]:
-        if name in LOSSES:
-            raise ValueError(
-                f'loss.name: expected a name not registered yet, got "{name}" '
-                f"(already used by {LOSSES[name].__name__})"
-            )
         if not (isinstance(cls, type) and issubclass(cls, LongTailLoss)):
             raise TypeError(f"register: expected a LongTailLoss subclass, got {cls!r}")
-        LOSSES[name] = cls
-        return cls
+        return LOSSES.add(name, cls)
 
     return decorator
 
 
 def names() -> tuple[str, ...]:
     """Registered loss names, in registration order."""
-    return tuple(LOSSES)
+    return LOSSES.names()
 
 
 def _get(name: str) -> type[LongTailLoss]:
-    if name not in LOSSES:
-        raise ValueError(f'loss.name: expected one of {", ".join(LOSSES)}; got "{name}"')
     return LOSSES[name]
 
 
@@ -120,6 +118,13 @@ def create(name: str, class_counts: Sequence[int] | Tensor, **options: object) -
             f'got unknown option "{unknown[0]}"'
         )
     return cls(class_counts, **options)
+
+
+def kwargs(spec: LossConfig) -> dict[str, object]:
+    """The options of a loss section that its loss takes, as keyword arguments for :func:`create`
+    (a section may hold options of other losses: they are ignored)."""
+    accepted = option_names(spec.name)
+    return {k: v for k, v in spec.options.items() if k in accepted}
 
 
 def logit_scale(name: str, **options: object) -> float:
@@ -223,6 +228,9 @@ class LongTailLoss(nn.Module):
 
     #: True when ``update`` needs per-class accuracy on a held-out ``val`` split.
     requires_val: bool = False
+    #: The per-image form the BALMS meta step differentiates (``longtail.meta``): cross-entropy
+    #: on ``z + log n_c`` (True), on ``z`` (False); None: no per-image form is known.
+    shifts_by_log_counts: bool | None = None
 
     def __init__(self, class_counts: Sequence[int] | Tensor) -> None:
         super().__init__()
@@ -276,6 +284,8 @@ def cross_entropy_loss(logits: Tensor, targets: Tensor) -> Tensor:
 @register("ce")
 class CrossEntropy(LongTailLoss):
     """Plain softmax cross-entropy (the baseline every method is compared with)."""
+
+    shifts_by_log_counts = False
 
     def forward(self, logits: Tensor, targets: Tensor, features: Tensor) -> Tensor:
         return cross_entropy_loss(self._logits(logits), targets)
@@ -496,6 +506,8 @@ class BalancedSoftmax(LongTailLoss):
     Equal counts shift every logit by the same amount, which is plain CE. Predictions use the raw
     logits z. No options.
     """
+
+    shifts_by_log_counts = True
 
     def __init__(self, class_counts: Sequence[int] | Tensor) -> None:
         super().__init__(class_counts)

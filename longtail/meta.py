@@ -1,4 +1,4 @@
-"""The BALMS meta sampler: a class-level sampling distribution learned on ``val`` during retraining.
+"""The BALMS meta step: a class-level sampling distribution learned on a meta set during retraining.
 
 Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020; the method
 as jiawei-ren/BalancedMetaSoftmax-Classification implements it (``data/MetaSampler.py`` and
@@ -10,6 +10,10 @@ probability ∝ ``sigmoid(w_y)``, so one draw is of class ``c`` with probability
 ``n_c sigmoid(w_c) / Σ_k n_k sigmoid(w_k)``. The logits start at ``sigmoid(w_c) = π_c^(-p) /
 (min π^(-p) + max π^(-p))`` (``π`` the training class frequencies, ``p = init_pow``): ``p = 0`` is
 instance-balanced sampling, ``p = 1`` class-balanced.
+
+BALMS is a step strategy, not a sampler: a plan of ``finetune.mode: classifier`` with
+``finetune.sampler: meta`` carries a :class:`MetaStep`, which builds the learnable sampler for the
+loop and wraps the loop's training source in a :class:`MetaSource` once the optimiser exists.
 
 One training step of the classifier with the meta sampler (:class:`MetaSource` runs it):
 
@@ -61,12 +65,13 @@ from torch.func import functional_call
 
 from longtail.data.base import Source
 from longtail.distributed import World
-from longtail.samplers import Sampler, register
+from longtail.samplers import Sampler
 
 __all__ = [
     "META_SOURCES",
     "MetaSampler",
     "MetaSource",
+    "MetaStep",
     "balanced_batch",
     "gumbel_noise",
     "initial_logits",
@@ -252,7 +257,6 @@ def _upcast(x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- the sampler
-@register("meta")
 class MetaSampler(Sampler):
     """BALMS's learnable sampler; :class:`MetaSource` draws the batches and runs the meta step.
 
@@ -400,6 +404,9 @@ class MetaSource:
         meta_split: the name of the meta set's split, for messages.
         meta_augment: draw meta batches with the training augmentation (``train=True``), as the
             reference's CIFAR meta loader; else unaugmented.
+        features: maps a batch of ``train`` / ``meta`` to what ``head`` reads (the features of
+            a train-mode backbone, without a graph: ``finetune.backbone_bn: train``); None: the
+            sources already hold what ``head`` reads.
     """
 
     def __init__(
@@ -415,6 +422,7 @@ class MetaSource:
         world: World | None = None,
         meta_split: str = "val",
         meta_augment: bool = False,
+        features: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         world = world or World()
         if (sampler.rank, sampler.world_size) != (world.rank, world.size):
@@ -445,7 +453,7 @@ class MetaSource:
         self.train, self.meta, self.sampler = train, meta, sampler
         self.head, self.optimizer = head, optimizer
         self.shift, self.meta_batch_size, self.world = shift, meta_batch_size, world
-        self.meta_augment = meta_augment
+        self.meta_augment, self.features = meta_augment, features
         # This rank's share of every meta batch (the shares add up to meta_batch_size).
         self.meta_share = len(range(world.rank, meta_batch_size, world.size))
         self.labels, self.in_channels = train.labels, train.in_channels
@@ -478,6 +486,9 @@ class MetaSource:
         """
         meta_idx = balanced_batch(self.meta.labels, self.meta_share, generator)
         meta_batch = _one_batch(self.meta, meta_idx, train=self.meta_augment, generator=generator)
+        if self.features is not None:  # the inner batch, then the meta batch, as the reference
+            batch = (self.features(batch[0]), batch[1])
+            meta_batch = (self.features(meta_batch[0]), meta_batch[1])
         buffers, hyper = self._optimizer_state()
         params = {n: p.detach().requires_grad_(n in hyper) for n, p in self.head.named_parameters()}
         active = self.world.active
@@ -520,3 +531,78 @@ def _one_batch(
     """The single batch of ``source`` at ``indices``."""
     (batch,) = list(source.batches(indices, max(len(indices), 1), train=train, generator=generator))
     return batch
+
+
+# ------------------------------------------------------------------------------ the strategy
+class MetaStep:
+    """The BALMS step strategy a plan carries: the learnable sampler plus the meta update.
+
+    The loop asks it for the sampler (:meth:`sampler`) instead of the sampler registry, and hands
+    it the built trainer (:meth:`attach`), whose training source it wraps in a :class:`MetaSource`
+    over the trainer's own model and optimiser. The meta step differentiates through the trained
+    module: the classifier over frozen features (``finetune.backbone_bn: frozen``) or the frozen
+    backbone plus classifier in train mode (``train``): then the features carry no graph (no
+    backbone parameter takes a gradient), and every backbone pass, the inner batch's, the meta
+    batch's and the ordinary step's, updates BatchNorm's running statistics, as the reference's
+    ``meta_forward`` and ``batch_forward`` do with every network in train mode
+    (BalancedMetaSoftmax-Classification ``run_networks.py``).
+
+    Args:
+        init_pow, lr: of the :class:`MetaSampler`.
+        shift: (C,) added to the logits of the inner loss (``log n_c`` for Balanced Softmax).
+        meta_batch_size: images per meta batch, over all ranks.
+        meta_source: the meta set's split (:data:`META_SOURCES`).
+        meta_augment: meta batches drawn with the training augmentation.
+    """
+
+    def __init__(
+        self,
+        *,
+        init_pow: float,
+        lr: float,
+        shift: Tensor,
+        meta_batch_size: int,
+        meta_source: str,
+        meta_augment: bool,
+    ) -> None:
+        self.init_pow, self.lr, self.shift = init_pow, lr, shift
+        self.meta_batch_size, self.meta_source = meta_batch_size, meta_source
+        self.meta_augment = meta_augment
+        self.driver: MetaSampler | None = None
+
+    def sampler(
+        self, labels: Tensor, *, seed: int, rank: int, world_size: int, num_classes: int
+    ) -> MetaSampler:
+        """The learnable sampler of the run (kept for the report)."""
+        self.driver = MetaSampler(
+            labels,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_classes=num_classes,
+            init_pow=self.init_pow,
+            lr=self.lr,
+        )
+        return self.driver
+
+    def attach(self, trainer: Any) -> None:
+        """Wrap the trainer's training source in the meta step (after its sources are final).
+
+        A trained module with a ``head`` and ``features`` (a head on a train-mode backbone,
+        ``longtail.decouple.OnBackbone``) has the meta step differentiate through its head on
+        the backbone's detached features; any other is the head itself.
+        """
+        net = trainer.model
+        trainer.train_source = MetaSource(
+            trainer.train_source,
+            meta_set(self.meta_source, trainer),
+            trainer.sampler,
+            getattr(net, "head", net),
+            trainer.optimizer,
+            features=getattr(net, "features", None),
+            shift=self.shift.to(trainer.device),
+            meta_batch_size=self.meta_batch_size,
+            world=trainer.world,
+            meta_split=self.meta_source,
+            meta_augment=self.meta_augment,
+        )

@@ -51,8 +51,9 @@ epoch's order depends on nothing but ``(seed, epoch)``. The marginal of one draw
 the class, as in the papers; the passes only avoid needless repeats. The reference's square-root
 sampler draws images i.i.d., which has the same marginal.
 
-Other modules add samplers with ``register("name")`` (the BALMS meta sampler registers ``meta``);
-``create`` passes its ``**options`` to the sampler's constructor.
+Other modules add samplers with ``register("name")``; ``create`` passes its ``**options`` to the
+sampler's constructor. (BALMS's learnable sampler is not one of them: it is part of the BALMS meta
+step, ``longtail.modes.balms``, which draws every batch itself.)
 
 Example:
     >>> sampler = create("class_balanced", labels, seed=0, num_samples_cls=4)
@@ -68,6 +69,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from longtail.registry import Registry
 
 __all__ = [
     "SAMPLERS",
@@ -179,32 +182,23 @@ class Sampler:
 
 
 # -------------------------------------------------------------------------------- registry
-SAMPLERS: dict[str, type[Sampler]] = {}
+SAMPLERS: Registry[type[Sampler]] = Registry("finetune.sampler")
 
 
 def register(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
     """Class decorator that adds a :class:`Sampler` subclass to :data:`SAMPLERS` under ``name``."""
 
     def add(cls: type[Sampler]) -> type[Sampler]:
-        if name in SAMPLERS:
-            raise ValueError(f"sampler {name!r}: already registered by {SAMPLERS[name].__name__}")
         if not (isinstance(cls, type) and issubclass(cls, Sampler)):
             raise ValueError(f"sampler {name!r}: expected a Sampler subclass, got {cls!r}")
-        SAMPLERS[name] = cls
-        return cls
+        return SAMPLERS.add(name, cls)
 
     return add
 
 
 def names() -> tuple[str, ...]:
     """The registered sampler names, in registration order."""
-    _load_builtin()
-    return tuple(SAMPLERS)
-
-
-def _load_builtin() -> None:
-    """Import the samplers that live in other modules (they register themselves on import)."""
-    import longtail.meta  # noqa: F401  (the BALMS meta sampler)
+    return SAMPLERS.names()
 
 
 def create(
@@ -229,9 +223,6 @@ def create(
     Raises:
         ValueError: unknown name or an option the sampler does not take.
     """
-    _load_builtin()
-    if name not in SAMPLERS:
-        raise ValueError(f'finetune.sampler: expected one of {", ".join(SAMPLERS)}; got "{name}"')
     cls = SAMPLERS[name]
     _check_options(name, cls, options)
     return cls(labels, seed=seed, rank=rank, world_size=world_size, **options)
@@ -248,9 +239,8 @@ def stage_options(name: str, *, samples_per_class: int) -> dict[str, object]:
         ValueError: ``samples_per_class`` is not an integer >= 1, or is not 1 for a sampler that
             does not take it.
     """
-    _load_builtin()
     _check_int("samples_per_class", samples_per_class, low=1)
-    cls = SAMPLERS.get(name)
+    cls = SAMPLERS.loaded().get(name)
     takes = cls is not None and "num_samples_cls" in inspect.signature(cls.__init__).parameters
     if takes:
         return {"num_samples_cls": samples_per_class}

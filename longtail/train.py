@@ -1,4 +1,8 @@
-"""The one training loop, used by ``pretrain`` and ``finetune`` alike.
+"""The one training loop, used by ``pretrain`` and ``finetune`` alike (``longtail.loop`` builds it
+from a stage's plan). Its set-up lives beside it: the device, threads, determinism and speed
+switches in ``longtail/device.py``, the optimiser and LR schedule in ``longtail/optim.py``,
+checkpoints and the kept epoch in ``longtail/checkpoint.py``, the random states in
+``longtail/rng.py``; their names stay importable from here.
 
 Methods differ in the objects handed in (network, loss, sampler, the parameters to optimise), never
 in branches here: a loss's state moves only through ``loss.set_epoch(epoch, total)`` before an epoch
@@ -39,388 +43,58 @@ Mid-epoch checkpoints are agreed by a vote that costs no device sync (:class:`Vo
 from __future__ import annotations
 
 import math
-import os
-import random
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from longtail import distributed, io
-from longtail.config import ConfigError, OptimConfig, TrainConfig
+from longtail.checkpoint import KEEPS, Checkpointer, KeepBest, KeepLast, canonical
+from longtail.config import OptimConfig, TrainConfig
 from longtail.data.base import Source
+from longtail.device import (
+    FastPath,
+    inductor_determinism,
+    resolve_device,
+    set_cpu_threads,
+    set_determinism,
+)
 from longtail.distributed import Vote, World
 from longtail.metrics import confusion_matrix, per_class_accuracy, summarize
+from longtail.optim import build_optimizer, classifier_bias, lr_factor, without_decay
+from longtail.rng import rng_state, set_rng_state
+
+# The set-up pieces live in their own modules; their names stay importable from here.
+__all__ = [
+    "KEEPS",
+    "Checkpointer",
+    "FastPath",
+    "KeepBest",
+    "KeepLast",
+    "Trainer",
+    "TrainingDiverged",
+    "build_optimizer",
+    "canonical",
+    "classifier_bias",
+    "evaluate_confusion",
+    "inductor_determinism",
+    "lr_factor",
+    "predict",
+    "resolve_device",
+    "rng_state",
+    "set_cpu_threads",
+    "set_determinism",
+    "set_rng_state",
+    "without_decay",
+]
 
 
 class TrainingDiverged(RuntimeError):
     """The epoch's accumulated loss, or the network's weights, became NaN or infinite."""
-
-
-# ------------------------------------------------------------------------------ device and speed
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "device: cuda was requested but torch.cuda.is_available() is False "
-            "(no GPU, or a CPU-only torch); set device: auto or device: cpu"
-        )
-    return torch.device(name)
-
-
-def set_cpu_threads(threads: int | None, device: torch.device) -> None:
-    """torch's intra-op thread count for a CPU run (``None`` keeps torch's default).
-
-    The thread count changes the floating-point summation order, hence the last digits of every
-    result: a fixed count (``train.cpu_threads``) makes CPU runs comparable across machines with
-    different core counts. CUDA runs are left alone.
-    """
-    if device.type == "cpu" and threads is not None:
-        torch.set_num_threads(threads)
-
-
-def set_determinism(enabled: bool, device: torch.device) -> None:
-    """Make runs repeat exactly (CPU: bit for bit; CUDA: PyTorch's documented switches).
-
-    On: ``torch.use_deterministic_algorithms(True)`` (deterministic kernels, an error for an op
-    that has none; it also fills new uninitialised memory), cuDNN's deterministic algorithms and no
-    cuDNN autotuning (``cudnn.benchmark``), ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for cuBLAS (set
-    before the first CUDA call unless already set) and Inductor's deterministic mode (no kernel
-    benchmarking that changes numerics) for ``torch.compile``. Off on CUDA: cuDNN autotuning is on.
-    What determinism costs is in the README. The CPU path is repeatable either way on one machine
-    with one thread count; the switch makes sure no op picks a racy kernel.
-
-    ``torch.use_deterministic_algorithms`` imports Inductor's config (1-2 s, most of a training
-    stage's start on the CPU) only to copy the switch into it. On CUDA it does so; on the CPU the
-    switch is set without that import, and :func:`inductor_determinism` copies it when a model is
-    compiled.
-    """
-    cuda = device.type == "cuda"
-    if enabled and cuda:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if cuda or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(enabled)
-    else:
-        torch._C._set_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = not enabled and cuda
-
-
-def inductor_determinism() -> None:
-    """Inductor's deterministic mode follows the global switch (before ``torch.compile``)."""
-    import torch._inductor.config as inductor
-
-    if hasattr(inductor, "deterministic"):  # absent from older PyTorch releases
-        inductor.deterministic = torch.are_deterministic_algorithms_enabled()
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """Resolved speed switches of ``train`` (``auto``: on for CUDA, off for the CPU)."""
-
-    bf16: bool
-    channels_last: bool
-    compile: bool
-
-    @classmethod
-    def resolve(cls, cfg: TrainConfig, device: torch.device) -> FastPath:
-        cuda = device.type == "cuda"
-        return cls(
-            bf16=cfg.amp == "bf16" or (cfg.amp == "auto" and cuda),
-            channels_last=cfg.channels_last == "on" or (cfg.channels_last == "auto" and cuda),
-            compile=cfg.compile == "on" or (cfg.compile == "auto" and cuda),
-        )
-
-    def autocast(self, device: torch.device) -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
-    def prepare_model(self, model: nn.Module) -> None:
-        """channels_last weights: the 2-D format for image networks, the 3-D one for video.
-
-        ``Module.to(memory_format=channels_last)`` refuses 5-D convolution weights, so a network
-        with any (the 3D ResNets) takes ``channels_last_3d``.
-        """
-        if not self.channels_last:
-            return
-        video = any(p.dim() == 5 for p in model.parameters())
-        model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
-
-    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        if self.channels_last and x.dim() == 5:
-            return x.contiguous(memory_format=torch.channels_last_3d)
-        return x
-
-
-# ---------------------------------------------------------------------------- optimiser, schedule
-def without_decay(
-    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], exempt: nn.Parameter | None
-) -> list:
-    """``params`` (parameters or SGD groups) with ``exempt`` moved to its own group, decay 0.
-
-    The exempt parameter's group follows the group it came from (same LR); ``None`` or a
-    parameter that is not optimised changes nothing (the list comes back as given).
-    """
-    items = list(params)
-    if exempt is None or not any(_holds(item, exempt) for item in items):
-        return items
-    groups = items if isinstance(items[0], dict) else [{"params": items}]
-    out: list[dict[str, Any]] = []
-    for group in groups:
-        kept = [p for p in group["params"] if p is not exempt]
-        if kept:
-            out.append({**group, "params": kept})
-        if len(kept) < len(group["params"]):
-            out.append({**group, "params": [exempt], "weight_decay": 0.0})
-    return out
-
-
-def _holds(item: nn.Parameter | dict[str, Any], p: nn.Parameter) -> bool:
-    if isinstance(item, dict):
-        return any(q is p for q in item["params"])
-    return item is p
-
-
-def classifier_bias(model: nn.Module) -> nn.Parameter | None:
-    """The bias of ``model.fc`` (every network and classifier wrapper here names it ``fc``)."""
-    fc = getattr(model, "fc", None)
-    return getattr(fc, "bias", None)
-
-
-def build_optimizer(
-    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
-    cfg: OptimConfig,
-    device: torch.device,
-    classifier_bias: nn.Parameter | None = None,
-) -> torch.optim.SGD:
-    """SGD with momentum and weight decay; fused on CUDA, foreach on the CPU.
-
-    With ``cfg.bias_decay`` false, ``classifier_bias`` trains without weight decay (CDB-CE's CIFAR
-    code gives ``linear.bias`` a group of its own with ``weight_decay`` 0).
-    """
-    fused = device.type == "cuda"
-    if not cfg.bias_decay:
-        params = without_decay(params, classifier_bias)
-    return torch.optim.SGD(
-        list(params),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        fused=fused,
-        foreach=None if fused else True,
-    )
-
-
-def lr_factor(step: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
-    """Multiplier of the base LR at optimiser step ``step`` (linear warmup, then the schedule).
-
-    Warmup ramps linearly over ``warmup_epochs`` (LDAM-DRW / BALMS warm up for 5 epochs); the step
-    schedule multiplies by ``lr_decay`` at each epoch in ``milestones``; cosine anneals to zero over
-    the epochs after warmup.
-    """
-    epoch = step / steps_per_epoch
-    warm = cfg.warmup_epochs
-    if warm > 0 and epoch < warm:
-        return (step + 1) / (warm * steps_per_epoch)
-    if cfg.schedule == "step":
-        return cfg.lr_decay ** sum(epoch >= m for m in cfg.milestones)
-    if cfg.schedule == "cosine":
-        span = max(cfg.epochs - warm, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min((epoch - warm) / span, 1.0)))
-    return 1.0
-
-
-def canonical(obj: Any) -> Any:
-    """A copy of nested dicts / lists whose strings are interned and tensors cloned.
-
-    Pickle shares repeated objects by identity, so the same values can be written as different
-    bytes: strings read back from a checkpoint are not the interned ones of a fresh run. A file
-    written from this copy has the same bytes (the same DVC hash) whether the run was resumed.
-    """
-    if isinstance(obj, dict):
-        return {canonical(k): canonical(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(canonical(v) for v in obj)
-    if isinstance(obj, str):
-        return sys.intern(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    return obj
-
-
-# ------------------------------------------------------------------------------ kept weights
-class KeepLast:
-    """``train.keep: last``: the network of the last epoch is the stage's result."""
-
-    needs_val = False
-
-    def observe(self, epoch: int, score: float | None, model: nn.Module) -> None:
-        """Called after every epoch with the val mean per-class accuracy (None without val)."""
-
-    def restore(self, model: nn.Module, last_epoch: int) -> int:
-        """Put the kept weights into ``model``; returns the kept epoch (0-based)."""
-        return last_epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
-
-class KeepBest(KeepLast):
-    """``train.keep: best``: the weights of the epoch with the best val mean per-class accuracy.
-
-    The earliest epoch wins a tie (a strictly greater score replaces it), as in CDB-CE's CIFAR
-    code (``val_accuracy > best_val_accuracy``). The score is that of ``val``, never ``test``.
-    A CPU copy of the state dict (parameters and buffers) is taken at each new best; it goes into
-    the checkpoint, so a resumed run keeps the same epoch.
-    """
-
-    needs_val = True
-
-    def __init__(self) -> None:
-        self.epoch: int | None = None
-        self.score = -math.inf
-        self.weights: dict[str, torch.Tensor] = {}
-
-    def observe(self, epoch: int, score: float | None, model: nn.Module) -> None:
-        if score is not None and score > self.score:
-            self.epoch, self.score = epoch, score
-            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-    def restore(self, model: nn.Module, last_epoch: int) -> int:
-        if self.epoch is None:
-            return last_epoch
-        model.load_state_dict(self.weights)
-        return self.epoch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "score": self.score, "weights": dict(self.weights)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.epoch, self.score = state["epoch"], float(state["score"])
-        self.weights = dict(state["weights"])
-
-
-KEEPS: dict[str, type[KeepLast]] = {"last": KeepLast, "best": KeepBest}
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-class Checkpointer:
-    """Atomic checkpoints at ``path`` that resume only under the same ``signature``.
-
-    Args:
-        path: the checkpoint file (a persisted, uncached DVC output).
-        signature: hash of what the run depends on (params, code, inputs); stored in the file.
-        log: receives the one-line reason when a stored checkpoint is not used.
-        meta: stored alongside for a reader (the resolved config); never compared.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        signature: str,
-        log: Callable[[str], None] = print,
-        meta: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.path, self.signature, self.log = Path(path), signature, log
-        self.meta = dict(meta or {})
-
-    def load(self) -> dict[str, Any] | None:
-        """The stored state if it is readable and has this signature, else None (and says why)."""
-        if not self.path.exists():
-            return None
-        try:  # weights_only: a checkpoint holds tensors and plain values, never code
-            state = io.load_torch(self.path, self._remedy())
-        except io.UnsafeFileError:
-            raise  # a tampered or outdated file: the user decides, it is not overwritten
-        except Exception as err:  # a truncated or foreign file: never resume from it
-            self.log(
-                f"checkpoint {self.path} is unreadable ({type(err).__name__}: "
-                f"{str(err)[:120]}); starting fresh"
-            )
-            return None
-        if not isinstance(state, dict) or "signature" not in state:
-            self.log(f"checkpoint {self.path} is not a training checkpoint; starting fresh")
-            return None
-        if state["signature"] != self.signature:
-            self.log(
-                f"checkpoint {self.path} has a different signature (stored "
-                f"{str(state['signature'])[:12]}, now {self.signature[:12]}: params, code or "
-                "input data changed); starting fresh"
-            )
-            return None
-        return state
-
-    def _remedy(self) -> str:
-        return (
-            f"Delete it (rm {self.path}) to train from the first epoch, or put back a checkpoint "
-            "you trust; one written by an older version of longtail is deleted the same way."
-        )
-
-    def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` with the signature, atomically (temp file, fsync, rename)."""
-        io.save_torch({**state, "signature": self.signature, "meta": self.meta}, self.path)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def rng_state() -> dict[str, Any]:
-    """Global RNG states (Python, NumPy, torch CPU and CUDA) as tensors, numbers and lists.
-
-    Plain values so that a checkpoint loads with ``weights_only=True``: Python's state tuple as a
-    list, NumPy's legacy MT19937 state as its dict form with the key as an int64 tensor.
-    """
-    version, internal, gauss_next = random.getstate()
-    numpy = np.random.get_state(legacy=False)  # {"bit_generator", "state": {key, pos}, ...}
-    state = {
-        "python": [version, list(internal), gauss_next],
-        "numpy": {
-            "bit_generator": numpy["bit_generator"],
-            "state": {
-                "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),  # (624,)
-                "pos": int(numpy["state"]["pos"]),
-            },
-            "has_gauss": int(numpy["has_gauss"]),
-            "gauss": float(numpy["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore :func:`rng_state`."""
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    numpy = state["numpy"]
-    np.random.set_state(
-        {
-            **numpy,
-            "state": {
-                "key": numpy["state"]["key"].numpy().astype(np.uint32),
-                "pos": numpy["state"]["pos"],
-            },
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------- evaluation

@@ -1,8 +1,9 @@
 """Stage ``finetune``: fine-tuning or decoupled retraining of the pretrained network.
 
-``finetune.mode`` picks one of ``longtail.decouple.MODES`` (none, full, classifier, tau_norm, lws;
-see that module). Writes ``models/final.pt``, ``metrics/finetune.json``, ``dvclive/finetune`` (the
-per-epoch curves of the modes that train), ``checkpoints/finetune.ckpt`` and ``plots/finetune/``
+``finetune.mode`` picks one of ``longtail.modes.MODES`` (one file per mode in that package; see
+docs/methods.md): the mode builds the plan that ``longtail.loop`` runs. Writes
+``models/final.pt``, ``metrics/finetune.json``, ``dvclive/finetune`` (the per-epoch curves of
+the modes that train), ``checkpoints/finetune.ckpt`` and ``plots/finetune/``
 (the meta sampler's per-class sampling rates, the τ sweep, the LWS scales, when the mode makes
 them), and ``metrics/dvc.yaml``, which declares to ``dvc plots`` the finetune curves (when the
 mode trains) and exactly the tables this mode wrote: the top-level dvc.yaml cannot declare a file
@@ -17,9 +18,10 @@ import shutil
 
 import yaml
 
-from longtail import decouple, io, losses
+from longtail import io, loop, losses, modes
 from longtail.config import Config, to_dict
 from longtail.data.base import read_json
+from longtail.nets import heads
 from longtail.pipeline import load_model, run_stage, save_model, write_plot_csv
 from longtail.train import FastPath
 from stages import common
@@ -65,35 +67,19 @@ def main() -> None:
     device, world = common.start(cfg)
     source = common.MODELS / "pretrain.pt"
     model, blob = load_model(source, writer="pretrain")
-    pretrain_epochs = cfg.pretrain.optim.epochs  # where finetune's curve steps start
     classes = read_json(common.PREPARED / "class_counts.json")
     ctx = common.context(cfg, device)
-
-    carry = OPTIMIZER_STARTS[cfg.finetune.optimizer](blob, source)
-
-    def train(
-        net, *, loss, sampler, params=None, sampler_options=None, setup=None, train_mode=None
-    ) -> dict:
-        return common.train_stage(
-            "finetune",
-            cfg,
-            net,
-            loss,
-            sampler,
-            cfg.finetune.optim,
-            device,
-            inputs=[common.PREPARED, common.FRAMES, source],
-            param_sections=PARAM_SECTIONS,
-            params=params,
-            sampler_options=sampler_options,
-            setup=setup,
-            train_mode=train_mode,
-            world=world,
-            first_step=pretrain_epochs,
-            carry=carry,
-        )
-
-    job = decouple.Job(
+    stage = common.training(
+        "finetune",
+        cfg,
+        device,
+        world,
+        inputs=[common.PREPARED, common.FRAMES, source],
+        param_sections=PARAM_SECTIONS,
+        first_step=cfg.pretrain.optim.epochs,  # the curve's steps continue after pretrain's
+        carry=OPTIMIZER_STARTS[cfg.finetune.optimizer](blob, source),
+    )
+    job = modes.Job(
         model=model,
         config=cfg.finetune,
         loss=cfg.loss,
@@ -105,11 +91,11 @@ def main() -> None:
         many_shot=cfg.evaluate.many_shot,
         few_shot=cfg.evaluate.few_shot,
         open_split=lambda split: common.family(cfg).open(ctx, split),
-        train=train,
         class_names=classes["names"],
     )
-    outcome = decouple.run(cfg.finetune.mode, job)
+    outcome = modes.run(cfg.finetune.mode, job, lambda plan: loop.run(plan, stage))
     if world.is_main:
+        classifier = outcome.classifier or blob.get("classifier", "linear")
         write_outputs(outcome, cfg.finetune.mode)
         save_model(
             common.MODELS / "final.pt",
@@ -118,23 +104,24 @@ def main() -> None:
             blob["num_classes"],
             blob["in_channels"],
             to_dict(cfg),
-            extra={"mode": cfg.finetune.mode, "logit_scale": logit_scale(cfg, blob)},
-            classifier=blob.get("classifier", "linear"),
+            extra={"mode": cfg.finetune.mode, "logit_scale": logit_scale(cfg, classifier)},
+            classifier=classifier,
         )
         print(f"[finetune] mode {cfg.finetune.mode}: {summary_line(outcome.metrics)}")
     common.finish(world)
 
 
-def logit_scale(cfg: Config, blob: dict) -> float:
-    """What the final network's logits are scaled by in its last training loss (LDAM's ``s`` on
-    a cosine head, else 1): ``evaluate`` computes calibration on ``softmax(scale * logits)``."""
-    if blob.get("classifier", "linear") != "cosine":
+def logit_scale(cfg: Config, classifier: str) -> float:
+    """What the final network's logits are scaled by in the loss that trained its head (LDAM's
+    ``s`` on a cosine head, else 1): ``evaluate`` computes calibration on
+    ``softmax(scale * logits)``."""
+    spec = modes.get(cfg.finetune.mode).head_loss(cfg)
+    if spec is None or not heads.HEADS[classifier].scaled_by_loss:
         return 1.0
-    spec = cfg.pretrain.loss if cfg.finetune.mode == "none" else cfg.loss
-    return losses.logit_scale(spec.name, **spec.kwargs())
+    return losses.logit_scale(spec.name, **losses.kwargs(spec))
 
 
-def write_outputs(outcome: decouple.Outcome, mode: str) -> None:
+def write_outputs(outcome: modes.Outcome, mode: str) -> None:
     """Metrics, plot tables, and for modes without training the outputs dvc.yaml declares."""
     io.write_json(common.METRICS / "finetune.json", outcome.metrics)
     shutil.rmtree(PLOTS, ignore_errors=True)  # no table of an earlier mode survives
@@ -150,7 +137,7 @@ def write_outputs(outcome: decouple.Outcome, mode: str) -> None:
         io.save_torch({"stage": "finetune", "mode": mode}, common.CHECKPOINTS / "finetune.ckpt")
 
 
-def plots_yaml(outcome: decouple.Outcome, mode: str) -> str:
+def plots_yaml(outcome: modes.Outcome, mode: str) -> str:
     """``metrics/dvc.yaml``: the plots of what this mode wrote (paths relative to ``metrics/``)."""
     up = "../" * len(PLOTS_DECLARED.parent.parts)
     live = up + (common.LIVE / "finetune" / "plots" / "metrics").as_posix()

@@ -27,6 +27,7 @@ import runpy
 import shlex
 import sys
 
+from longtail import modes
 from longtail.config import Config
 from longtail.distributed import World, per_rank_batch
 from longtail.pipeline import run_stage
@@ -81,7 +82,7 @@ def check(cfg: Config, nproc: int, stage: str) -> None:
     world = World(size=nproc)
     if stage == "pretrain":
         per_rank_batch(cfg.pretrain.optim.batch_size, world, "pretrain.batch_size")
-    elif cfg.finetune.mode not in ("none", "tau_norm"):  # the modes that train
+    elif modes.get(cfg.finetune.mode).trains(cfg):
         per_rank_batch(cfg.finetune.optim.batch_size, world, "finetune.batch_size")
     if nproc > 1:
         _check_gpus(cfg, nproc)

@@ -1,5 +1,8 @@
 """Stage ``pretrain``: representation learning (plain CE by default, or ``pretrain.loss``).
 
+``pretrain.mode: weights`` trains nothing: the network starts from ``model.weights`` and passes
+through, scored on ``val`` (``longtail.loop.evaluate_only``).
+
 It does not read the ``loss`` section, so ``dvc exp run -S loss.tau=1.5`` reuses the cached
 backbone.
 Writes ``models/pretrain.pt``, ``metrics/pretrain.json`` and the per-epoch curves
@@ -9,11 +12,14 @@ for N processes through torchrun (what dvc.yaml runs, with ``N = dist.nproc``).
 
 import torch
 
-from longtail import nets
+from longtail import loop, nets
 from longtail.config import to_dict
 from longtail.data.base import class_counts, read_json
+from longtail.loop import Plan
 from longtail.pipeline import run_stage, save_model
 from stages import common
+
+PARAM_SECTIONS = ("seed", "determinism", "data", "frames", "model", "pretrain", "train", "evaluate")
 
 
 def main() -> None:
@@ -34,28 +40,17 @@ def main() -> None:
     if cfg.model.weights:
         print(nets.load_weights(model, cfg.model.weights))
     carry: dict = {}
-    common.train_stage(
+    stage = common.training(
         "pretrain",
         cfg,
-        model,
-        cfg.pretrain.loss,
-        cfg.pretrain.sampler,
-        cfg.pretrain.optim,
         device,
+        world,
         inputs=[common.PREPARED, common.FRAMES],
-        param_sections=(
-            "seed",
-            "determinism",
-            "data",
-            "frames",
-            "model",
-            "pretrain",
-            "train",
-            "evaluate",
-        ),
-        world=world,
+        param_sections=PARAM_SECTIONS,
         carry_out=carry,
     )
+    plan = Plan(net=model, loss=cfg.pretrain.loss, sampler=cfg.pretrain.sampler)
+    loop.PRETRAIN_MODES[cfg.pretrain.mode].run(plan, stage)
     if world.is_main:
         path = common.MODELS / "pretrain.pt"
         save_model(

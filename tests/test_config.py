@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from longtail import losses
 from longtail.config import Config, ConfigError, load, parse, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,12 +29,12 @@ def test_strings_from_dvc_set_are_numbers() -> None:
     )
     assert cfg.pretrain.optim.lr == pytest.approx(1e-5)
     assert cfg.pretrain.optim.epochs == 3
-    assert cfg.loss.kwargs() == {"tau": 1.5}
+    assert losses.kwargs(cfg.loss) == {"tau": 1.5}
 
 
 def test_loss_options_only_reach_the_loss_that_takes_them() -> None:
     cfg = parse({"loss": {"name": "fbl", "tau": 1.0, "lam": 60}})
-    assert cfg.loss.kwargs() == {"lam": 60}
+    assert losses.kwargs(cfg.loss) == {"lam": 60}
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_every_loss_option_is_checked_whichever_loss_is_selected(raw: dict, mess
 def test_an_option_value_some_loss_takes_passes_under_another_loss() -> None:
     # tau: dynamic is CDB-CE's; logit adjustment takes numbers only: valid while cdb_ce is unused
     cfg = parse({"loss": {"name": "ce", "tau": "dynamic"}})
-    assert cfg.loss.kwargs() == {}
+    assert losses.kwargs(cfg.loss) == {}
     with pytest.raises(ConfigError, match=r"loss\.tau"):
         parse({"loss": {"name": "logit_adjust", "tau": "dynamic"}})
 
@@ -102,7 +103,7 @@ def test_loss_option_checks_follow_the_registry(monkeypatch: pytest.MonkeyPatch)
                 raise ValueError(f"scale_by: expected a number > 0, got {scale_by}")
 
     monkeypatch.setitem(losses.LOSSES, "scaled_ce_test", Scaled)
-    assert parse({"loss": {"name": "ce", "scale_by": 2.0}}).loss.kwargs() == {}
+    assert losses.kwargs(parse({"loss": {"name": "ce", "scale_by": 2.0}}).loss) == {}
     with pytest.raises(ConfigError, match=r"loss\.scale_by: expected a number > 0"):
         parse({"loss": {"name": "cdb_ce", "scale_by": -1}})
 
@@ -120,3 +121,53 @@ def test_data_stage_checks_leave_the_training_registries_to_the_training_stages(
         parse({"data": {"name": "mnist"}}, training=False)
     with pytest.raises(ConfigError, match=r"pretrain\.epochs"):
         parse({"pretrain": {"epochs": 0}}, training=False)
+
+
+def test_no_literal_in_config_copies_a_registry() -> None:
+    """Keys that pick from a registry are plain strings checked against it (longtail.validate);
+    a Literal of config.py lists none of a registry's names."""
+    import dataclasses
+    import typing
+
+    from longtail import config, data, decouple, loop, meta, modes, nets, samplers
+    from longtail.checkpoint import KEEPS
+    from longtail.data import augment, imbalance
+    from longtail.nets import heads
+
+    registries = [
+        losses.names(),
+        samplers.names(),
+        nets.names(),
+        heads.names(),
+        modes.names(),
+        data.names(),
+        tuple(decouple.BACKBONE_BN),
+        tuple(meta.META_SOURCES),
+        tuple(KEEPS),
+        tuple(imbalance.SUBSETS),
+        imbalance.PROFILES,
+        tuple(augment.POLICIES),
+        tuple(loop.PRETRAIN_MODES),
+    ]
+    literals = []
+    for cls in vars(config).values():
+        if dataclasses.is_dataclass(cls) and isinstance(cls, type):
+            for hint in typing.get_type_hints(cls).values():
+                if typing.get_origin(hint) is typing.Literal:
+                    literals.append(set(typing.get_args(hint)))
+    assert literals  # the check reads the annotations
+    assert not [(lit, r) for lit in literals for r in registries if lit <= set(r)]
+
+
+def test_a_registered_name_is_accepted_without_editing_config(monkeypatch) -> None:
+    from longtail import modes
+
+    class Echo(modes.Mode):
+        name = "echo_test"
+
+        def trains(self, cfg: Config) -> bool:
+            return False
+
+    monkeypatch.setattr(modes, "MODES", modes.MODES.copy())
+    modes.register(Echo)
+    assert parse({"finetune": {"mode": "echo_test"}}).finetune.mode == "echo_test"

@@ -41,7 +41,7 @@ from longtail.data.augment import random_crop_flip
 from longtail.data.base import TensorSource
 from longtail.data.imagelist import FileSource
 from longtail.data.video import ClipAugment, ClipSource
-from longtail.meta import MetaSource, balanced_batch, gumbel_noise, meta_loss
+from longtail.meta import MetaSampler, MetaSource, balanced_batch, gumbel_noise, meta_loss
 from longtail.train import Checkpointer, Trainer, build_optimizer, set_determinism
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -352,7 +352,7 @@ def test_balms_meta_step_on_the_device(device: str) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         head = Head().to(device)
-    sampler = samplers.create("meta", labels, seed=0, lr=0.05)
+    sampler = MetaSampler(labels, seed=0, lr=0.05)
     optimizer = build_optimizer(head.parameters(), OptimConfig(lr=0.1), torch.device(device))
     counts = torch.bincount(labels, minlength=CLASSES).double()
     source = MetaSource(

@@ -1,4 +1,4 @@
-"""Tests of longtail.decouple (the finetune modes) and of the finetune stage end to end.
+"""Tests of the finetune modes (longtail.modes, longtail.decouple) and of the finetune stage.
 
 In-process tests run each mode on a tiny network (a convolution, BatchNorm, a linear classifier)
 and a few 4×4 images through the real training loop; the pipeline test runs every mode's
@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import typing
 from pathlib import Path
 
 import pandas as pd
@@ -18,20 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from trainers import make_trainer, plan_loop
 
-from longtail import config, decouple, losses, samplers
-from longtail.config import ConfigError, FinetuneConfig
+from longtail import config, decouple, modes
+from longtail.config import ConfigError
 from longtail.data.base import TensorSource
-from longtail.decouple import (
-    MODES,
-    FrozenFeatures,
-    Job,
-    LinearHead,
-    reset_classifier,
-    tau_normalized,
-)
+from longtail.decouple import FeatureHead, FrozenFeatures, reset_classifier, tau_normalized
 from longtail.meta import MetaSampler, MetaSource
-from longtail.train import FastPath, Trainer
+from longtail.modes import Job
+from longtail.train import FastPath
 
 COUNTS = [12, 6, 3]
 CPU = torch.device("cpu")
@@ -84,38 +78,10 @@ def parse(finetune: dict, loss: str = "ce") -> config.Config:
 
 
 def make_job(model: nn.Module, cfg: config.Config, **sources: TensorSource) -> tuple[Job, list]:
-    """A job whose ``train`` runs the real Trainer in-process; records every call's objects."""
+    """A job whose loop runs the real Trainer in-process (``run``); records every call's objects."""
     train_src = sources.get("train", images(COUNTS, 1))
     val_src = sources.get("val", images([4, 4, 4], 2, padding=0))
     calls: list[dict] = []
-
-    def train(
-        net, *, loss, sampler, params=None, sampler_options=None, setup=None, train_mode=None
-    ) -> dict:
-        trainer = Trainer(
-            model=net,
-            loss=losses.create(loss.name, COUNTS, **loss.kwargs()),
-            sampler=samplers.create(
-                sampler, train_src.labels, seed=0, num_classes=3, **(sampler_options or {})
-            ),
-            train_source=train_src,
-            val_source=val_src,
-            optim=cfg.finetune.optim,
-            train_cfg=cfg.train,
-            device=CPU,
-            seed=0,
-            num_classes=3,
-            train_counts=COUNTS,
-            params=params,
-            train_mode=train_mode,
-            log=lambda line: None,
-        )
-        if setup is not None:
-            setup(trainer)
-        calls.append({"trainer": trainer, "sampler": sampler, "params": params})
-        history = trainer.fit()
-        return {"epochs": len(history), **history[-1]}
-
     job = Job(
         model=model,
         config=cfg.finetune,
@@ -128,9 +94,14 @@ def make_job(model: nn.Module, cfg: config.Config, **sources: TensorSource) -> t
         many_shot=10,
         few_shot=4,
         open_split=lambda split: {"val": val_src}[split],
-        train=train,
     )
+    job.loop = plan_loop(cfg, train_src, val_src, COUNTS, calls)
     return job, calls
+
+
+def run(name: str, job: Job) -> modes.Outcome:
+    """Run mode ``name`` on a :func:`make_job` job through its in-process loop."""
+    return modes.run(name, job, job.loop)
 
 
 def backbone_state(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -145,13 +116,18 @@ def assert_backbone_unchanged(before: dict, net: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------ registry, config
-def test_modes_are_exactly_the_config_choices() -> None:
-    hints = typing.get_type_hints(FinetuneConfig)
-    assert set(MODES) == set(typing.get_args(hints["mode"]))
-    with pytest.raises(ValueError, match=r"finetune.mode: expected one of none, full"):
-        decouple.run("nope", None)
-    with pytest.raises(ValueError, match="already registered"):
-        decouple.register("none")(decouple.none)
+def test_every_module_of_the_modes_package_is_the_mode_of_its_name() -> None:
+    import pkgutil
+
+    files = {m.name for m in pkgutil.iter_modules(modes.__path__) if not m.name.startswith("_")}
+    assert set(modes.names()) == files and {"none", "full", "classifier"} <= files
+    assert all(modes.get(name).name == name for name in files)
+    with pytest.raises(ValueError, match=r"finetune.mode: expected one of classifier, full"):
+        modes.get("nope")
+    with pytest.raises(ValueError, match=r"finetune.mode: 'none' is already registered"):
+        modes.register(type(modes.get("none")))
+    with pytest.raises(ConfigError, match=r"finetune.mode: expected one of classifier, full, "):
+        parse({"mode": "clasifier"})
 
 
 @pytest.mark.parametrize(
@@ -175,7 +151,7 @@ def test_tau_norm_accepts_a_number_a_list_or_sweep(value: object, candidates: tu
         ({"tau_norm": []}, "finetune.tau_norm: expected"),
         ({"tau_norm": "sweeep"}, "finetune.tau_norm: expected"),
         ({"mode": "full", "sampler": "meta"}, "finetune.sampler: meta expects finetune.mode: c"),
-        ({"mode": "clasifier"}, "finetune.mode: expected one of none, full, classifier"),
+        ({"mode": "partial", "sampler": "meta"}, "finetune.sampler: meta expects finetune.mo"),
         ({"meta_lr": 0}, "finetune.meta_lr: expected a number > 0"),
         ({"meta_batch_size": 0}, "finetune.meta_batch_size: expected a number > 0"),
     ],
@@ -233,7 +209,7 @@ def test_none_passes_the_network_through() -> None:
     net = pretrained()
     before = copy.deepcopy(net.state_dict())
     job, calls = make_job(net, parse({"mode": "none"}))
-    outcome = decouple.run("none", job)
+    outcome = run("none", job)
     assert not outcome.trained and not calls
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
 
@@ -242,8 +218,8 @@ def test_full_trains_every_layer_and_can_skip_augmentation() -> None:
     net = pretrained()
     before = backbone_state(net)
     job, calls = make_job(net, parse({"mode": "full", "augment": False}))
-    decouple.run("full", job)
-    assert calls[0]["params"] is None  # every parameter
+    run("full", job)
+    assert calls[0]["plan"].params is None  # every parameter
     assert not torch.equal(before["conv.weight"], net.conv.weight)
     trainer = calls[0]["trainer"]
     order, gen = torch.arange(8), torch.Generator()
@@ -257,12 +233,12 @@ def test_classifier_mode_freezes_the_backbone_and_retrains_a_new_classifier(augm
     net = pretrained()
     before, old_fc = backbone_state(net), net.fc.weight.detach().clone()
     job, calls = make_job(net, parse({"mode": "classifier", "augment": augment}))
-    outcome = decouple.run("classifier", job)
+    outcome = run("classifier", job)
     assert_backbone_unchanged(before, net)
     assert not net.training  # BatchNorm stayed in eval mode throughout
     trainer = calls[0]["trainer"]
-    assert isinstance(trainer.model, LinearHead) and trainer.model.fc is net.fc
-    assert {id(p) for p in calls[0]["params"]} == {id(net.fc.weight), id(net.fc.bias)}
+    assert isinstance(trainer.model, FeatureHead) and trainer.model.fc is net.fc
+    assert {id(p) for p in calls[0]["plan"].params} == {id(net.fc.weight), id(net.fc.bias)}
     assert isinstance(trainer.train_source, FrozenFeatures)
     assert isinstance(trainer.val_source, FrozenFeatures)
     assert not torch.equal(net.fc.weight, old_fc)
@@ -275,26 +251,21 @@ def test_classifier_mode_equals_the_loop_over_the_whole_frozen_network() -> None
     net, ref = pretrained(), pretrained()
     cfg = parse({"mode": "classifier", "sampler": "class_balanced"})
     job, _ = make_job(net, cfg)
-    decouple.run("classifier", job)
+    run("classifier", job)
 
     reset_classifier(ref.fc, 0)
     ref.requires_grad_(False)
     ref.fc.requires_grad_(True)
-    trainer = Trainer(
-        model=ref,
-        loss=losses.create("ce", COUNTS),
-        sampler=samplers.create("class_balanced", images(COUNTS, 1).labels, seed=0),
-        train_source=images(COUNTS, 1),
-        val_source=images([4, 4, 4], 2, padding=0),
+    trainer = make_trainer(
+        ref,
+        images(COUNTS, 1),
+        images([4, 4, 4], 2, padding=0),
+        COUNTS,
         optim=cfg.finetune.optim,
         train_cfg=cfg.train,
-        device=CPU,
-        seed=0,
-        num_classes=3,
-        train_counts=COUNTS,
+        sampler="class_balanced",
         params=list(ref.fc.parameters()),
         train_mode=lambda model: model.eval(),
-        log=lambda line: None,
     )
     trainer.fit()
     assert torch.equal(net.fc.weight, ref.fc.weight) and torch.equal(net.fc.bias, ref.fc.bias)
@@ -309,7 +280,7 @@ def test_balms_retrains_with_the_meta_sampler_on_val() -> None:
         loss="balanced_softmax",
     )
     job, calls = make_job(net, cfg, val=val)
-    outcome = decouple.run("classifier", job)
+    outcome = run("classifier", job)
     assert_backbone_unchanged(before, net)
     source = calls[0]["trainer"].train_source
     assert isinstance(source, MetaSource) and isinstance(source.sampler, MetaSampler)
@@ -327,9 +298,8 @@ def test_balms_retrains_with_the_meta_sampler_on_val() -> None:
 
 
 def test_meta_sampler_refuses_a_loss_without_a_per_image_form() -> None:
-    job, _ = make_job(pretrained(), parse({"mode": "classifier", "sampler": "meta"}, "focal"))
-    with pytest.raises(ValueError, match=r"loss.name: the meta sampler's inner step expects"):
-        decouple.run("classifier", job)
+    with pytest.raises(ConfigError, match=r"loss.name: the meta sampler's inner step expects"):
+        parse({"mode": "classifier", "sampler": "meta"}, "focal")
 
 
 def test_tau_norm_with_tau_zero_leaves_predictions_unchanged() -> None:
@@ -338,7 +308,7 @@ def test_tau_norm_with_tau_zero_leaves_predictions_unchanged() -> None:
     with torch.no_grad():
         before = net(x)[0]
     job, calls = make_job(net, parse({"mode": "tau_norm", "tau_norm": 0, "tau_norm_bias": True}))
-    outcome = decouple.run("tau_norm", job)
+    outcome = run("tau_norm", job)
     with torch.no_grad():
         assert torch.equal(net(x)[0], before)
     assert not calls and not outcome.trained and outcome.metrics["tau"] == 0.0
@@ -353,7 +323,7 @@ def test_tau_norm_without_bias_at_tau_zero_is_the_bias_free_pretrained_scores() 
         features = net.forward_features(x)
         expected = features @ net.fc.weight.T  # (B, C) the pretrained scores without the bias
     job, _ = make_job(net, parse({"mode": "tau_norm", "tau_norm": 0}))
-    outcome = decouple.run("tau_norm", job)
+    outcome = run("tau_norm", job)
     with torch.no_grad():
         logits, _ = net(x)
     assert torch.equal(logits, expected)
@@ -374,7 +344,7 @@ def test_tau_sweep_scores_without_the_bias_unless_asked() -> None:
         )
         job.open_split = lambda split: {"val": val}[split]
         job.train_counts = [100, 10]
-        rows = decouple.run("tau_norm", job).plots["tau_norm"]
+        rows = run("tau_norm", job).plots["tau_norm"]
         accuracy[keep] = [r["mean_class_accuracy"] for r in rows]
     assert accuracy == {False: [100.0, 100.0], True: [50.0, 50.0]}
 
@@ -418,7 +388,7 @@ def test_tau_sweep_picks_the_best_tau_on_val() -> None:
     job, _ = make_job(net, parse({"mode": "tau_norm", "tau_norm": [0, 1, 2]}))
     job.open_split = lambda split: {"val": val}[split]
     job.train_counts = [100, 10]
-    outcome = decouple.run("tau_norm", job)
+    outcome = run("tau_norm", job)
     accuracy = {r["tau"]: r["mean_class_accuracy"] for r in outcome.plots["tau_norm"]}
     assert accuracy == {0.0: 50.0, 1.0: 100.0, 2.0: 50.0}
     assert outcome.metrics["tau"] == 1.0 and outcome.metrics["val/top1"] == 100.0
@@ -429,11 +399,11 @@ def test_lws_learns_one_scale_per_class_on_class_balanced_batches() -> None:
     net = pretrained()
     before, fc = backbone_state(net), copy.deepcopy(net.fc)
     job, calls = make_job(net, parse({"mode": "lws", "sampler": "instance"}))
-    outcome = decouple.run("lws", job)
+    outcome = run("lws", job)
     assert_backbone_unchanged(before, net)
     assert calls[0]["sampler"] == "class_balanced"  # by definition, whatever finetune.sampler
     head = calls[0]["trainer"].model
-    assert [id(p) for p in calls[0]["params"]] == [id(head.scales)]
+    assert [id(p) for p in calls[0]["plan"].params] == [id(head.scales)]
     scales = torch.tensor([r["scale"] for r in outcome.plots["lws_scales"]])
     assert not torch.allclose(scales, torch.ones(3))
     # Folded: the final classifier is the pretrained one with each row scaled.
@@ -456,7 +426,7 @@ def test_backbone_bn_train_moves_running_statistics_not_weights(mode: str, augme
     buffers = bn_buffers(net)
     cfg = parse({"mode": mode, "backbone_bn": "train", "augment": augment})
     job, calls = make_job(net, cfg)
-    outcome = decouple.run(mode, job)
+    outcome = run(mode, job)
     # The weights of the backbone are bit-identical ...
     assert torch.equal(net.conv.weight, conv_w) and torch.equal(net.conv.bias, conv_b)
     assert torch.equal(net.bn.weight, bn_w) and torch.equal(net.bn.bias, bn_b)
@@ -477,25 +447,20 @@ def test_backbone_bn_train_equals_the_loop_over_the_whole_network_in_train_mode(
     net, ref = pretrained(), pretrained()
     cfg = parse({"mode": "classifier", "sampler": "class_balanced", "backbone_bn": "train"})
     job, _ = make_job(net, cfg)
-    decouple.run("classifier", job)
+    run("classifier", job)
 
     reset_classifier(ref.fc, 0)
     ref.requires_grad_(False)
     ref.fc.requires_grad_(True)
-    trainer = Trainer(
-        model=ref,
-        loss=losses.create("ce", COUNTS),
-        sampler=samplers.create("class_balanced", images(COUNTS, 1).labels, seed=0),
-        train_source=images(COUNTS, 1),
-        val_source=images([4, 4, 4], 2, padding=0),
+    trainer = make_trainer(
+        ref,
+        images(COUNTS, 1),
+        images([4, 4, 4], 2, padding=0),
+        COUNTS,
         optim=cfg.finetune.optim,
         train_cfg=cfg.train,
-        device=CPU,
-        seed=0,
-        num_classes=3,
-        train_counts=COUNTS,
+        sampler="class_balanced",
         params=list(ref.fc.parameters()),
-        log=lambda line: None,
     )
     trainer.fit()
     for key, value in ref.state_dict().items():
@@ -506,14 +471,84 @@ def test_backbone_bn_frozen_leaves_every_backbone_tensor_bit_identical() -> None
     net = pretrained()
     before = backbone_state(net)
     job, calls = make_job(net, parse({"mode": "classifier", "backbone_bn": "frozen"}))
-    decouple.run("classifier", job)
+    run("classifier", job)
     assert_backbone_unchanged(before, net)
-    assert isinstance(calls[0]["trainer"].model, LinearHead)
+    assert isinstance(calls[0]["trainer"].model, FeatureHead)
 
 
-def test_backbone_bn_train_is_refused_with_the_meta_sampler() -> None:
-    with pytest.raises(ConfigError, match=r"finetune.backbone_bn: expected frozen with finetune.s"):
-        parse({"mode": "classifier", "sampler": "meta", "backbone_bn": "train"})
+def test_balms_meta_step_runs_with_the_backbone_in_train_mode() -> None:
+    """BALMS as the reference runs it (``run_networks.py``: every network in train mode): the
+    inner batch, the meta batch and the ordinary step each pass through the backbone's BatchNorm
+    in train mode, updating its running statistics; the backbone weights stay fixed; the meta
+    gradient reaches the sampler's class logits."""
+    net = pretrained()
+    conv_w, bn_w = net.conv.weight.detach().clone(), net.bn.weight.detach().clone()
+    running = net.bn.running_mean.clone()
+    cfg = parse(
+        {"mode": "classifier", "sampler": "meta", "backbone_bn": "train", "meta_batch_size": 6},
+        loss="balanced_softmax",
+    )
+    job, calls = make_job(net, cfg)
+    outcome = run("classifier", job)
+    trainer = calls[0]["trainer"]
+    assert isinstance(trainer.model, decouple.OnBackbone)
+    assert isinstance(trainer.train_source, MetaSource)
+    meta_step = trainer.train_source
+    assert meta_step.head is trainer.model.head and meta_step.features == trainer.model.features
+    # 2 epochs of 3 steps; each step: the inner batch, the meta batch, the ordinary step.
+    assert int(net.bn.num_batches_tracked) == 7 + 2 * 3 * 3
+    assert not torch.equal(net.bn.running_mean, running)
+    assert torch.equal(net.conv.weight, conv_w) and torch.equal(net.bn.weight, bn_w)
+    rows = outcome.plots["meta_sampling_epochs"]
+    start = [r["sigmoid"] for r in rows if r["epoch"] == 0]
+    end = [r["sigmoid"] for r in rows if r["epoch"] == 2]
+    assert start != end  # the meta gradient moved the class logits
+    assert outcome.metrics["backbone_bn"] == "train"
+
+
+def test_balms_meta_update_moves_running_statistics_with_the_inner_and_meta_batches() -> None:
+    """One meta update through a train-mode backbone: its BatchNorm running statistics end as two
+    train-mode passes, the inner batch then the meta batch, leave them; the class logits take an
+    Adam step with a non-zero meta gradient."""
+    from longtail.meta import balanced_batch
+
+    net, ref = pretrained(), pretrained()
+    net.requires_grad_(False)
+    model = decouple.OnBackbone(net, FeatureHead(net.fc.requires_grad_(True))).train()
+    train, val = images(COUNTS, 1), images([4, 4, 4], 2, padding=0)
+    sampler = MetaSampler(train.labels, seed=0, num_classes=3)
+    optimizer = torch.optim.SGD(net.fc.parameters(), lr=0.1, momentum=0.9)
+    source = MetaSource(
+        train,
+        val,
+        sampler,
+        model.head,
+        optimizer,
+        shift=torch.zeros(3),
+        meta_batch_size=6,
+        features=model.features,
+    )
+    start = sampler.logits.detach().clone()
+    gen = torch.Generator().manual_seed(0)
+    indices, weights = sampler.draw_batch(8, gen)
+    x, y = next(train.batches(indices, 8, train=False, generator=gen))
+    meta_gen = torch.Generator().manual_seed(0)
+    meta_gen.set_state(gen.get_state())
+    source.update((x, y), weights, gen)
+    meta_idx = balanced_batch(val.labels, 6, meta_gen)
+    x_meta, _ = next(val.batches(meta_idx, 6, train=False, generator=meta_gen))
+    ref.train()
+    with torch.no_grad():
+        ref.forward_features(x)
+        ref.forward_features(x_meta)
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(net.bn, key).double(), getattr(ref.bn, key).double()), key
+    assert int(net.bn.num_batches_tracked) == 7 + 2
+    assert not torch.equal(sampler.logits.detach(), start)  # Adam moved the class logits
+    assert source.last_meta_loss is not None and torch.isfinite(source.last_meta_loss)
+
+
+def test_backbone_bn_names_its_choices() -> None:
     with pytest.raises(ConfigError, match=r"finetune.backbone_bn: expected one of frozen, train"):
         parse({"backbone_bn": "drift"})
 
@@ -559,7 +594,7 @@ def test_partial_trains_only_the_named_block_and_the_classifier() -> None:
     stem, block, fc = state(net, "stem."), state(net, "block."), state(net, "fc.")
     cfg = parse({"mode": "partial", "train_blocks": ["block"], "block_lr": 0.01})
     job, calls = make_job(net, cfg)
-    outcome = decouple.run("partial", job)
+    outcome = run("partial", job)
     for key, value in stem.items():  # frozen layers: parameters and BN buffers bit-identical
         assert torch.equal(net.state_dict()[key], value), key
     for key in ("block.0.weight", "block.1.running_mean", "fc.weight", "fc.bias"):
@@ -577,7 +612,7 @@ def test_partial_reinitialises_the_blocks_with_their_seeded_defaults() -> None:
     net = two_stage()
     cfg = parse({"mode": "partial", "train_blocks": ["block"], "lr": 1e-30, "momentum": 0})
     job, calls = make_job(net, cfg)
-    decouple.run("partial", job)
+    run("partial", job)
     fresh = TwoStageNet().block
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the run's seed
@@ -593,9 +628,30 @@ def test_partial_reinitialises_the_blocks_with_their_seeded_defaults() -> None:
     assert not net.stem.training and net.block.training and net.fc.training
 
 
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_partial_frozen_blocks_follow_backbone_bn(bn: str) -> None:
+    """``frozen`` (the default, FBL's eval-mode backbone): the frozen stem's BatchNorm neither
+    normalises with batch statistics nor updates its running ones; ``train``: it does both, its
+    weights still fixed."""
+    net = two_stage()
+    stem = state(net, "stem.")
+    cfg = parse({"mode": "partial", "train_blocks": ["block"], "backbone_bn": bn})
+    job, calls = make_job(net, cfg)
+    run("partial", job)
+    bn_keys = ("stem.1.running_mean", "stem.1.running_var", "stem.1.num_batches_tracked")
+    moved = [k for k in bn_keys if not torch.equal(net.state_dict()[k], stem[k])]
+    assert moved == ([] if bn == "frozen" else list(bn_keys))
+    assert int(net.stem[1].num_batches_tracked) == (7 if bn == "frozen" else 7 + 2 * 3)
+    for key in ("stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias"):
+        assert torch.equal(net.state_dict()[key], stem[key]), key
+    model = calls[0]["trainer"].model
+    calls[0]["trainer"].train_mode(model)
+    assert net.stem.training == (bn == "train") and net.block.training and net.fc.training
+
+
 def test_partial_defaults_block_lr_to_lr() -> None:
     job, calls = make_job(two_stage(), parse({"mode": "partial", "train_blocks": ["block.0"]}))
-    decouple.run("partial", job)
+    run("partial", job)
     assert [g["initial_lr"] for g in calls[0]["trainer"].optimizer.param_groups] == [0.1, 0.1]
 
 
@@ -607,7 +663,7 @@ def test_partial_names_the_valid_blocks_for_an_unknown_one() -> None:
         "got layer4.2"
     )
     with pytest.raises(ValueError) as err:
-        decouple.run("partial", job)
+        run("partial", job)
     assert str(err.value) == expected and not calls
     with pytest.raises(ConfigError, match=r"finetune.train_blocks: expected a non-empty list"):
         parse({"mode": "partial"})

@@ -18,20 +18,29 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import trainers
 from conftest import REPO, TINY, TRACKED, Crash, CrashingSource, Repo, copy_repo, git_init, merge
 from torch import nn
 
 from longtail import config, data, distributed, losses, samplers, train
 from longtail.config import ConfigError, OptimConfig, TrainConfig
 from longtail.data.base import TensorSource
-from longtail.decouple import LinearHead
+from longtail.decouple import FeatureHead
 from longtail.distributed import World
-from longtail.meta import MetaSource, gumbel_noise, initial_logits, meta_loss, straight_through_draw
+from longtail.meta import (
+    MetaSampler,
+    MetaSource,
+    gumbel_noise,
+    initial_logits,
+    meta_loss,
+    straight_through_draw,
+)
 from longtail.train import Checkpointer, Trainer
 
 CPU = torch.device("cpu")
@@ -112,23 +121,20 @@ def make_trainer(
 ) -> Trainer:
     options = {"epochs": 3, "batch_size": 16, "lr": 0.05, "warmup_epochs": 1, **optim}
     labels = source(COUNTS, 1).labels
-    return Trainer(
-        model=TinyNet(init_seed, bn=bn),
-        loss=losses.create(loss, COUNTS, **({"tau": 1.5} if loss == "cdb_ce" else {})),
-        sampler=samplers.create(sampler, labels, seed=3, rank=world.rank, world_size=world.size),
-        train_source=train_source or source(COUNTS, 1, augment),
-        val_source=source([7, 5, 4, 3], 2),  # 19 images: the ranks' shares differ in size
+    return trainers.make_trainer(
+        TinyNet(init_seed, bn=bn),
+        train_source or source(COUNTS, 1, augment),
+        source([7, 5, 4, 3], 2),  # 19 images: the ranks' shares differ in size
+        COUNTS,
         optim=OptimConfig(**options),
         train_cfg=TrainConfig(amp="off", channels_last="off", compile="off", eval_batch_size=4),
-        device=CPU,
+        loss=losses.create(loss, COUNTS, **({"tau": 1.5} if loss == "cdb_ce" else {})),
+        sampler=samplers.create(sampler, labels, seed=3, rank=world.rank, world_size=world.size),
         seed=5,
-        num_classes=CLASSES,
-        train_counts=COUNTS,
         many_shot=15,
         few_shot=8,
         stage="pretrain",
         checkpointer=Checkpointer(checkpoint, "sig", log=lambda line: None) if checkpoint else None,
-        log=lambda line: None,
         world=world,
     )
 
@@ -251,7 +257,7 @@ def meta_gradient(world: World) -> torch.Tensor:
     noise = gumbel_noise(8, len(labels), gen).double()  # (B, N)
     meta_x = torch.randn(6, 3, generator=gen, dtype=torch.float64)
     meta_y = torch.tensor([0, 1, 2, 3, 4, 0])
-    head = LinearHead(nn.Linear(3, 5).double())
+    head = FeatureHead(nn.Linear(3, 5).double())
     with torch.no_grad():
         for p in head.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
@@ -287,10 +293,8 @@ def meta_steps(world: World) -> torch.Tensor:
     labels = torch.repeat_interleave(torch.arange(5), META_COUNTS)
     train_rows = FeatureSource(torch.randn(len(labels), 3, generator=gen), labels)
     meta_rows = FeatureSource(torch.randn(10, 3, generator=gen), torch.arange(10) % 5)
-    sampler = samplers.create(
-        "meta", labels, seed=0, rank=world.rank, world_size=world.size, lr=0.05
-    )
-    head = LinearHead(nn.Linear(3, 5))
+    sampler = MetaSampler(labels, seed=0, rank=world.rank, world_size=world.size, lr=0.05)
+    head = FeatureHead(nn.Linear(3, 5))
     optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
     meta = MetaSource(
         train_rows,
@@ -328,11 +332,11 @@ def test_meta_logits_stay_identical_on_every_rank(two_ranks: list) -> None:
 def test_meta_source_takes_the_world_of_its_sampler() -> None:
     labels = torch.repeat_interleave(torch.arange(5), META_COUNTS)
     rows = FeatureSource(torch.zeros(len(labels), 3), labels)
-    head = LinearHead(nn.Linear(3, 5))
+    head = FeatureHead(nn.Linear(3, 5))
     optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
 
     def build(rank: int, size: int, world: World, meta_batch_size: int = 6) -> MetaSource:
-        sampler = samplers.create("meta", labels, seed=0, rank=rank, world_size=size)
+        sampler = MetaSampler(labels, seed=0, rank=rank, world_size=size)
         return MetaSource(
             rows,
             rows,
@@ -360,8 +364,12 @@ CASES = {
 
 
 # ------------------------------------------------------------------------ samplers and slices
+# Every registered sampler, and the BALMS meta step's learnable one.
+BUILDERS = {**{n: partial(samplers.create, n) for n in samplers.names()}, "meta": MetaSampler}
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
-@pytest.mark.parametrize("name", samplers.names())
+@pytest.mark.parametrize("name", list(BUILDERS))
 def test_ranks_share_the_single_process_order(name: str, world_size: int) -> None:
     # 76 images (not a multiple of 3), a long tail down to one image and an empty class.
     counts = torch.tensor([40, 20, 10, 5, 0, 1])
@@ -369,7 +377,7 @@ def test_ranks_share_the_single_process_order(name: str, world_size: int) -> Non
     labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
 
     def build(rank: int, size: int) -> samplers.Sampler:
-        sampler = samplers.create(name, labels, seed=4, rank=rank, world_size=size)
+        sampler = BUILDERS[name](labels, seed=4, rank=rank, world_size=size)
         sampler.set_epoch(5, 10)
         sampler.attached = True  # meta: its order fixes only the number and size of batches
         return sampler

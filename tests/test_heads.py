@@ -15,13 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from trainers import make_trainer, plan_loop
 
-from longtail import config, decouple, losses, nets, samplers
-from longtail.config import ConfigError, OptimConfig, TrainConfig
+from longtail import config, losses, modes, nets
+from longtail.config import ConfigError, OptimConfig
 from longtail.data.base import TensorSource
 from longtail.nets import heads
 from longtail.nets.resnet_cifar import CifarResNet
-from longtail.train import FastPath, Trainer, predict
+from longtail.train import FastPath, predict
 
 CPU = torch.device("cpu")
 
@@ -177,28 +178,7 @@ def test_every_accepted_mode_runs_with_a_cosine_head(mode: str) -> None:
     model = TinyCosineNet()
     x = val_src.images.float()
 
-    def train(net, *, loss, sampler, params=None, sampler_options=None, setup=None) -> dict:
-        trainer = Trainer(
-            model=net,
-            loss=losses.create(loss.name, counts, **loss.kwargs()),
-            sampler=samplers.create(sampler, train_src.labels, seed=0, num_classes=3),
-            train_source=train_src,
-            val_source=val_src,
-            optim=cfg.finetune.optim,
-            train_cfg=cfg.train,
-            device=CPU,
-            seed=0,
-            num_classes=3,
-            train_counts=counts,
-            params=params,
-            log=lambda line: None,
-        )
-        if setup is not None:
-            setup(trainer)
-        history = trainer.fit()
-        return {"epochs": len(history), **history[-1]}
-
-    job = decouple.Job(
+    job = modes.Job(
         model=model,
         config=cfg.finetune,
         loss=cfg.loss,
@@ -210,9 +190,8 @@ def test_every_accepted_mode_runs_with_a_cosine_head(mode: str) -> None:
         many_shot=10,
         few_shot=4,
         open_split=lambda split: {"val": val_src}[split],
-        train=train,
     )
-    outcome = decouple.run(mode, job)
+    outcome = modes.run(mode, job, plan_loop(cfg, train_src, val_src, counts, []))
     assert outcome.metrics["mode"] == mode
     assert isinstance(model.fc, heads.CosineHead)
     model.eval()
@@ -259,19 +238,14 @@ def _train_ldam(classifier: str, seed: int) -> tuple[float, int]:
     torch.manual_seed(seed)
     net = CifarResNet(1, 10, in_channels=1, widths=(8, 16, 32))
     net.fc = heads.create(classifier, net.fc)
-    trainer = Trainer(
-        model=net,
-        loss=losses.create("ldam", counts, s=30.0),
-        sampler=samplers.create("instance", train_src.labels, seed=seed),
-        train_source=train_src,
-        val_source=val_src,
+    trainer = make_trainer(
+        net,
+        train_src,
+        val_src,
+        counts,
         optim=OptimConfig(epochs=30, batch_size=32, lr=0.1, warmup_epochs=2),
-        train_cfg=TrainConfig(amp="off", channels_last="off", compile="off"),
-        device=CPU,
+        loss=losses.create("ldam", counts, s=30.0),
         seed=seed,
-        num_classes=10,
-        train_counts=counts,
-        log=lambda line: None,
     )
     history = trainer.fit()
     fast = FastPath(bf16=False, channels_last=False, compile=False)
@@ -298,7 +272,7 @@ def test_ldam_s30_with_a_cosine_head_does_not_collapse(seed: int) -> None:
 def test_evaluate_calibrates_the_scale_the_last_loss_trained() -> None:
     from stages.finetune import logit_scale
 
-    cosine, linear = {"classifier": "cosine"}, {"classifier": "linear"}
+    cosine, linear = "cosine", "linear"
     ldam = {"model": {"classifier": "cosine"}, "loss": {"name": "ldam", "s": 20}}
     assert logit_scale(config.parse(ldam), cosine) == 20.0
     assert logit_scale(config.parse(ldam), linear) == 1.0  # linear logits are unscaled

@@ -11,7 +11,7 @@ from scipy import stats
 from torch import nn
 
 from longtail import samplers
-from longtail.decouple import LinearHead
+from longtail.decouple import FeatureHead
 from longtail.meta import (
     MetaSampler,
     MetaSource,
@@ -33,7 +33,7 @@ def make_labels(counts: tuple[int, ...] = COUNTS) -> torch.Tensor:
 
 
 def make(labels: torch.Tensor | None = None, **kw: object) -> MetaSampler:
-    sampler = samplers.create("meta", make_labels() if labels is None else labels, seed=0, **kw)
+    sampler = MetaSampler(make_labels() if labels is None else labels, seed=0, **kw)
     assert isinstance(sampler, MetaSampler)
     return sampler
 
@@ -61,8 +61,8 @@ def meta_setup(world_size: int = 1, val_size: int = 18, lr: float = 0.01):
     train = ListSource(torch.randn(len(labels), 3, generator=gen), labels)
     val_labels = torch.arange(6).repeat(3)[:val_size]
     val = ListSource(torch.randn(len(val_labels), 3, generator=gen), val_labels)
-    sampler = samplers.create("meta", labels, seed=0, world_size=world_size, lr=lr)
-    head = LinearHead(nn.Linear(3, 6))
+    sampler = MetaSampler(labels, seed=0, world_size=world_size, lr=lr)
+    head = FeatureHead(nn.Linear(3, 6))
     optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     source = MetaSource(
         train, val, sampler, head, optimizer, shift=torch.zeros(6), meta_batch_size=12
@@ -71,8 +71,10 @@ def meta_setup(world_size: int = 1, val_size: int = 18, lr: float = 0.01):
 
 
 # ------------------------------------------------------------------------------ registry, options
-def test_meta_is_registered_and_takes_its_options() -> None:
-    assert "meta" in samplers.names()
+def test_meta_is_a_step_strategy_not_a_sampler_and_takes_its_options() -> None:
+    from longtail.modes import classifier
+
+    assert "meta" not in samplers.names() and "meta" in classifier.STEPS
     sampler = make(init_pow=0.5, lr=0.001)
     assert (sampler.init_pow, sampler.lr) == (0.5, 0.001)
     assert sampler.optimizer.param_groups[0]["lr"] == 0.001
@@ -83,7 +85,6 @@ def test_meta_is_registered_and_takes_its_options() -> None:
     [
         ({"init_pow": -1}, "meta_init_pow: expected a number >= 0, got -1"),
         ({"lr": 0}, "meta_lr: expected a number > 0, got 0"),
-        ({"momentum": 0.9}, "sampler meta: expected options among"),
     ],
 )
 def test_bad_options_are_refused(kw: dict, match: str) -> None:
@@ -172,7 +173,7 @@ def test_sgd_step_is_torch_sgd(nesterov: bool, first_step: bool) -> None:
 def _toy():
     """A tiny float64 meta problem: 10 training images of 4 classes, 8 drawn, 6 meta images."""
     gen = torch.Generator().manual_seed(7)
-    head = LinearHead(nn.Linear(3, 4)).double()
+    head = FeatureHead(nn.Linear(3, 4)).double()
     features = torch.randn(10, 3, generator=gen, dtype=torch.float64)
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 3])
     meta = (torch.randn(6, 3, generator=gen, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1]))

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import Repo, git_init
 from fakes import make_cifar_archive
-from test_decouple import COUNTS, images, make_job, parse, pretrained
+from test_decouple import COUNTS, images, make_job, parse, pretrained, run
 
-from longtail import decouple, meta
+from longtail import meta
 from longtail.config import ConfigError
 from longtail.meta import MetaSource
 
@@ -49,10 +49,8 @@ def run_meta(
     job, calls = make_job(pretrained(), cfg, train=train_src, val=val_src)
     opened: list[str] = []
     inner = job.open_split
-    job = decouple.Job(
-        **{**job.__dict__, "open_split": lambda split: opened.append(split) or inner(split)}
-    )
-    decouple.run("classifier", job)
+    job.open_split = lambda split: opened.append(split) or inner(split)
+    run("classifier", job)
     return calls[0]["trainer"].train_source, draws, opened
 
 

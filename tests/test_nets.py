@@ -85,7 +85,7 @@ def test_unknown_arch_lists_the_valid_names() -> None:
     expected = (
         "model.arch: expected one of resnet32, resnet10, resnet50, resnet152, resnext50, "
         "resnext101_3d, "
-        'resnet3d_small; got "resnet9000"'
+        "resnet3d_small; got 'resnet9000'"
     )
     with pytest.raises(ValueError) as err:
         nets.create("resnet9000", 10)

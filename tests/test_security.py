@@ -26,9 +26,10 @@ import torch
 from conftest import REPO, TINY, TRACKED, Repo, copy_repo
 from test_distributed import make_trainer, run_ranks
 
-from longtail import io, nets, pipeline, samplers, train
+from longtail import io, nets, pipeline, train
 from longtail.data import base, imagelist, video
 from longtail.distributed import World
+from longtail.meta import MetaSampler
 
 SEARCHED = ("longtail", "stages", "benchmarks", "tools")
 
@@ -129,10 +130,10 @@ def test_a_training_checkpoint_loads_weights_only(tmp_path: Path) -> None:
 
 
 def test_the_meta_sampler_state_loads_weights_only(tmp_path: Path) -> None:
-    sampler = samplers.create("meta", torch.tensor([0, 0, 0, 1, 1, 2]), seed=0)
+    sampler = MetaSampler(torch.tensor([0, 0, 0, 1, 1, 2]), seed=0)
     sampler.set_epoch(0, 2)
     io.save_torch(sampler.state_dict(), tmp_path / "meta.pt")
-    restored = samplers.create("meta", torch.tensor([0, 0, 0, 1, 1, 2]), seed=0)
+    restored = MetaSampler(torch.tensor([0, 0, 0, 1, 1, 2]), seed=0)
     restored.load_state_dict(io.load_torch(tmp_path / "meta.pt", "unused"))
     assert torch.equal(restored.logits.detach(), sampler.logits.detach())
     assert restored.history == sampler.history and restored.epoch == 0

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+import trainers
 from fakes import make_cifar_archive
 from PIL import Image
 
@@ -31,7 +32,7 @@ from longtail.data.augment import normalize
 from longtail.data.base import TensorSource
 from longtail.data.imbalance import profile_counts
 from longtail.samplers import InstanceSampler
-from longtail.train import FastPath, Trainer, build_optimizer
+from longtail.train import FastPath, build_optimizer
 
 CPU = torch.device("cpu")
 EXACT = TrainConfig(amp="off", channels_last="off", compile="off")
@@ -68,19 +69,15 @@ def first_step_loss(train_cfg: TrainConfig) -> float:
     """The Trainer's loss of its first step (one batch, one epoch) from a fixed initialisation."""
     images, labels = random_batch(16, 10)
     source = TensorSource(images, labels, mean=MEAN, std=STD, padding=4, flip=True, device=CPU)
-    trainer = Trainer(
-        model=resnet(),
-        loss=losses.create("ce", [2] * 10),
-        sampler=InstanceSampler(labels, seed=0),
-        train_source=source,
-        val_source=None,
+    trainer = trainers.make_trainer(
+        resnet(),
+        source,
+        None,
+        torch.bincount(labels, minlength=10).tolist(),
         optim=OptimConfig(epochs=1, batch_size=16),
         train_cfg=train_cfg,
-        device=CPU,
-        seed=0,
-        num_classes=10,
-        train_counts=torch.bincount(labels, minlength=10).tolist(),
-        log=lambda line: None,
+        loss=losses.create("ce", [2] * 10),
+        sampler=InstanceSampler(labels, seed=0),
     )
     return trainer.train_one_epoch(0)["train/loss"]
 

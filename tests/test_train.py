@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trainers
 from conftest import Crash, CrashingSource
 from torch import nn
 
 from longtail import losses, samplers, train
-from longtail.config import ConfigError, OptimConfig, TrainConfig
+from longtail.config import ConfigError, OptimConfig
 from longtail.data.base import TensorSource
 from longtail.losses import LongTailLoss, cross_entropy_loss
 from longtail.train import Checkpointer, Trainer, TrainingDiverged, lr_factor
@@ -86,18 +87,15 @@ def make_trainer(
         **optim,
     }
     log = lines.append if lines is not None else (lambda line: None)
-    return Trainer(
-        model=TinyNet(init_seed),
-        loss=loss if loss is not None else losses.create("ce", COUNTS),
-        sampler=samplers.create("class_balanced", source(COUNTS, 1).labels, seed=3),
-        train_source=train_source if train_source is not None else source(COUNTS, 1),
-        val_source=source([3] * CLASSES, 2),
+    return trainers.make_trainer(
+        TinyNet(init_seed),
+        train_source if train_source is not None else source(COUNTS, 1),
+        source([3] * CLASSES, 2),
+        COUNTS,
         optim=OptimConfig(**options),
-        train_cfg=TrainConfig(amp="off", channels_last="off", compile="off"),
-        device=CPU,
+        loss=loss if loss is not None else "ce",
+        sampler=samplers.create("class_balanced", source(COUNTS, 1).labels, seed=3),
         seed=5,
-        num_classes=CLASSES,
-        train_counts=COUNTS,
         many_shot=15,
         few_shot=8,
         stage="pretrain",

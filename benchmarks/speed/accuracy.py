@@ -171,7 +171,7 @@ def digits_run(
     start = time.perf_counter()
     trainer = Trainer(
         model=seeded_resnet32(seed, len(counts), train.in_channels),
-        loss=losses.create(cfg.pretrain.loss.name, counts, **cfg.pretrain.loss.kwargs()),
+        loss=losses.create(cfg.pretrain.loss.name, counts, **losses.kwargs(cfg.pretrain.loss)),
         sampler=samplers.create(
             cfg.pretrain.sampler, train.labels, seed=seed, num_classes=len(counts)
         ),

@@ -5,7 +5,7 @@ flips them there in whole batches; the :class:`~longtail.train.Trainer` step has
 sums on the device, NaN check once per epoch), and its :class:`~longtail.train.FastPath` switches
 (bf16 autocast, channels_last, ``torch.compile``; ``auto``: on for CUDA, off for the CPU) and fused
 SGD on CUDA are those of params.yaml's ``train`` section. The objects are the ones
-``stages/common.train_stage`` builds for ``pretrain`` with CE.
+``longtail.loop.trainer_for`` builds for ``pretrain`` with CE.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def project_trainer(
     epochs: int,
     checkpointer: Checkpointer | None = None,
 ) -> Trainer:
-    """Path (a): the objects ``stages/common.train_stage`` builds for ``pretrain`` with CE."""
+    """Path (a): the objects ``longtail.loop.trainer_for`` builds for ``pretrain`` with CE."""
     source = cifar_source(cifar_lt.train_images, cifar_lt.train_labels, device)
     counts = cifar_lt.train_counts()
     sampler = samplers.create("instance", source.labels, seed=args.seed, num_classes=NUM_CLASSES)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from longtail import io
+from longtail.registry import Registry
 
 if TYPE_CHECKING:  # torch is imported where a source is built: the data stages never load it
     import torch
@@ -79,8 +80,6 @@ class Family:
     extract: Callable[[FramesConfig, Path, Path, Path], None] | None = None
 
 
-FAMILIES: dict[str, Family] = {}
-
 # The built-in families by name, in listing order, and the module that registers each. A family's
 # module is imported when that family is asked for, so the data stages of one dataset import only
 # its module (the file-based and video families import torch; digits and CIFAR do not).
@@ -94,27 +93,21 @@ BUILTIN = {
     "moving_digits": "longtail.data.video",
     "egtea": "longtail.data.video",
 }
+FAMILIES: Registry[Family] = Registry("data.name", lazy=BUILTIN)
 
 
 def register(family: Family) -> Family:
-    """Add ``family`` to the registry; a duplicate name is a programming error."""
-    if family.name in FAMILIES:
-        raise ValueError(f"dataset family {family.name!r} is registered twice")
-    FAMILIES[family.name] = family
-    return family
+    """Add ``family`` to the registry; a duplicate name is refused."""
+    return FAMILIES.add(family.name, family)
 
 
 def names() -> tuple[str, ...]:
     """Registered dataset names (the built-in ones first, without importing their modules)."""
-    return (*BUILTIN, *(name for name in FAMILIES if name not in BUILTIN))
+    return FAMILIES.names()
 
 
 def get(name: str) -> Family:
     """The family called ``name``, or an error listing the valid names."""
-    if name not in FAMILIES and name in BUILTIN:
-        importlib.import_module(BUILTIN[name])  # registers it
-    if name not in FAMILIES:
-        raise ValueError(f"data.name: expected one of {', '.join(names())}; got {name!r}")
     return FAMILIES[name]
 
 

@@ -14,14 +14,17 @@ import gzip
 import hashlib
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from longtail import io
-from longtail.config import DataConfig
 from longtail.data import base
 from longtail.data.imbalance import hold_out_per_class, profile_counts, select_per_class
+
+if TYPE_CHECKING:
+    from longtail.config import DataConfig
 
 # md5 of the uint8 image array and labels as scikit-learn 1.9 ships them: a different copy of the
 # data (another release that changed the file) is refused rather than silently giving new numbers.

@@ -36,8 +36,9 @@ from longtail import io
 from longtail.nets import heads
 from longtail.nets.resnet3d import resnet3d_small, resnext101_3d
 from longtail.nets.resnet_cifar import resnet32
+from longtail.registry import Registry
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {}
+ARCHS: Registry[Callable[..., nn.Module]] = Registry("model.arch")
 
 # Prefixes that wrappers put in front of every key: DataParallel / DistributedDataParallel
 # ("module.", as in the released checkpoints of the original repositories) and torch.compile.
@@ -52,10 +53,7 @@ def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn
     """
 
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in ARCHS:
-            raise ValueError(f'model.arch: "{name}" is already registered')
-        ARCHS[name] = builder
-        return builder
+        return ARCHS.add(name, builder)
 
     return add
 
@@ -91,7 +89,7 @@ del _name, _builder
 
 def names() -> tuple[str, ...]:
     """Return the registered architecture names, in registration order."""
-    return tuple(ARCHS)
+    return ARCHS.names()
 
 
 def _check_positive_int(key: str, value: object) -> None:
@@ -124,8 +122,6 @@ def create(
             valid ones), a class or channel count that is not a positive integer, or a bias
             initialisation for a head without a bias.
     """
-    if arch not in ARCHS:
-        raise ValueError(f'model.arch: expected one of {", ".join(ARCHS)}; got "{arch}"')
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_channels", in_channels)
     model = ARCHS[arch](num_classes, in_channels=in_channels, **kwargs)

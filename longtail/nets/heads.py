@@ -44,12 +44,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longtail.registry import Registry
+
 
 class LinearHead(nn.Linear):
     """``w · f + b``; the architecture's ``nn.Linear`` with the head interface."""
 
     refused_modes: ClassVar[Mapping[str, str]] = {}
     has_bias: ClassVar[bool] = True
+    #: Whether the loss that trained it scales its logits (LDAM's ``s``; ``losses.logit_scale``).
+    scaled_by_loss: ClassVar[bool] = False
 
     @classmethod
     def from_linear(cls, fc: nn.Linear) -> LinearHead:
@@ -87,6 +91,7 @@ class CosineHead(nn.Module):
     """
 
     has_bias: ClassVar[bool] = False
+    scaled_by_loss: ClassVar[bool] = True  # logits in [-1, 1], scaled by the loss (LDAM's s)
     refused_modes: ClassVar[Mapping[str, str]] = {
         "tau_norm": (
             "the cosine head normalises every class vector w_c in its forward pass, so "
@@ -131,14 +136,12 @@ class CosineHead(nn.Module):
 
 
 # name -> head class; each builds itself from the architecture's nn.Linear (``from_linear``).
-HEADS: dict[str, type[nn.Module]] = {}
+HEADS: Registry[type[nn.Module]] = Registry("model.classifier")
 
 
 def register(name: str, cls: type[nn.Module]) -> None:
     """Add a head class to :data:`HEADS`; a duplicate name is refused."""
-    if name in HEADS:
-        raise ValueError(f'model.classifier: "{name}" is already registered')
-    HEADS[name] = cls
+    HEADS.add(name, cls)
 
 
 register("linear", LinearHead)
@@ -147,13 +150,11 @@ register("cosine", CosineHead)
 
 def names() -> tuple[str, ...]:
     """The registered head names."""
-    return tuple(HEADS)
+    return HEADS.names()
 
 
 def create(name: str, fc: nn.Linear) -> nn.Module:
     """The head called ``name`` in place of the architecture's classifier ``fc``."""
-    if name not in HEADS:
-        raise ValueError(f'model.classifier: expected one of {", ".join(HEADS)}; got "{name}"')
     return HEADS[name].from_linear(fc)
 
 
