@@ -69,10 +69,12 @@ def machine_env(tmp_path: Path) -> dict[str, str]:
         and not any(gpu_wheels.normalize(d) in gpu_wheels.MACHINE for d in dists)
     }
     (tmp_path / "lacks.json").write_text(json.dumps(lacks))
+    (tmp_path / "tmp").mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(
         PYTHONPATH=str(MACHINE_SITE), LONGTAIL_MACHINE_LACKS=str(tmp_path / "lacks.json"),
         GPU_LOAN_SITE=str(tmp_path / "site"), PYTHON=sys.executable, OUT=str(tmp_path / "out"),
+        TMPDIR=str(tmp_path / "tmp"),  # the scratch folders of gpu_loan.sh and gpu_check
     )  # fmt: skip
     return env
 

@@ -6,7 +6,8 @@ process started from it refuses the imports the GPU machine (docs/gpu.md) could 
 - ``dvc``, ``dvclive`` and ``dvc_*``, whoever imports them: the machine has neither;
 - a top-level module listed in the JSON file named by ``LONGTAIL_MACHINE_LACKS`` (module ->
   distributions the machine lacks, written by the test from ``benchmarks.gpu_wheels.MACHINE``)
-  when project code imports it: a file outside this Python's installation, or ``python -c``.
+  when project code imports it: a file outside this Python's installation (its prefixes and
+  site-packages folders), or ``python -c``.
   The installed packages' own imports are left alone: the machine's versions bring their own.
 
 A module that the carried wheels installed into ``GPU_LOAN_SITE`` provide is allowed, as there.
@@ -25,8 +26,11 @@ if os.environ.get("LONGTAIL_MACHINE_LACKS"):
     with open(os.environ["LONGTAIL_MACHINE_LACKS"]) as _source:
         _LACKS = json.load(_source)
 _SITE = os.environ.get("GPU_LOAN_SITE", "")
+# This Python's installation: its prefixes and every site-packages folder on sys.path.
+_SITE_DIRS = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
 _INSTALL = tuple(
-    os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    {os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    | {os.path.realpath(p) + os.sep for p in _SITE_DIRS}
 )
 
 
