@@ -3,9 +3,10 @@
     python -m benchmarks.gpu_check --out gpu-report                 # one H100/H200, about 8 min
     python -m benchmarks.gpu_check --device cpu --tiny --out /tmp/x # the same sequence, tiny, CPU
 
-Needs nothing beyond the README's install. Runs, in order, each part in its own process with its
-own time limit (a part that fails or runs out of time is recorded as such, and the next one runs;
-the limits add up to under 8 minutes):
+Needs nothing beyond the README's install; on a GPU machine that has its own PyTorch and no
+package index, ``benchmarks/gpu_loan.sh`` runs it (docs/gpu.md). Runs, in order, each part in its
+own process with its own time limit (a part that fails or runs out of time is recorded as such,
+and the next one runs; the limits add up to under 8 minutes):
 
 1. ``cuda-tests``: the CUDA test suite, ``pytest -m cuda`` (tests/test_cuda.py, test_cuda_nets.py);
 2. ``digits``: the digits-LT pipeline, every stage of dvc.yaml with params.yaml's defaults and
@@ -22,7 +23,9 @@ the limits add up to under 8 minutes):
 
 Each part writes a markdown file under ``--out`` with the device, torch version and command; the
 logs of every process are kept next to them, and ``--out``/README.md sums up what passed, failed
-or ran out of time. Nothing here asserts a speed: BENCHMARKS.md records the tables.
+or ran out of time. ``--bring-back DIR`` copies, after every part, what a loan's 8 returned files
+hold into DIR: README.md, the part tables and ``logs.tar.gz`` (all of ``--out``). Nothing here
+asserts a speed: BENCHMARKS.md records the tables.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +69,18 @@ TINY_SPEED = "--train-images 48 --test-images 16 --batch-size 16 --epochs-measur
 TINY_SPEED += "--warmup-steps 1 --workers 0 --threads 1"
 TINY_DECODE = "--images 6 --source-size 64 --size 32 --batch-size 4 --workers 0 --repeats 1 "
 TINY_DECODE += "--threads 1"
+# What the parts run besides the stages, for benchmarks.gpu_wheels' scan of the imports.
+CUDA_TEST_FILES = ["tests/test_cuda.py", "tests/test_cuda_nets.py", "tests/test_augment.py"]
+BENCHMARK_MODULES = [
+    "benchmarks.train_speed",
+    "benchmarks.decode_speed",
+    "benchmarks.concurrent_runs",
+]
+# --bring-back: README.md and the part tables in this order, then the logs archive; 8 files at most.
+RETURNED = ["README.md", "cuda-tests.md", "digits.md", "train-speed.md", "determinism.md"]
+RETURNED += ["decode.md", "concurrent.md"]
+MAX_RETURNED = 8
+LOGS = "logs.tar.gz"
 RESULT_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 
 
@@ -85,7 +101,9 @@ class Check:
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         self.args, self.device, self.out = args, device, args.out
         self.python = sys.executable
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        # The repository first, then what PYTHONPATH already holds (gpu_loan.sh's wheel folder).
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
 
     def limit(self, part: str) -> float:
@@ -131,7 +149,7 @@ def status_of(code: int | None, limit: float) -> str:
 # ---------------------------------------------------------------------------------- 1. the tests
 def cuda_tests(check: Check, outcome: Outcome, deadline: float) -> None:
     cmd = [check.python, "-m", "pytest", "-m", "cuda", "-v", "-rs", "-p", "no:randomly"]
-    cmd += ["tests/test_cuda.py", "tests/test_cuda_nets.py", "tests/test_augment.py"]
+    cmd += CUDA_TEST_FILES
     code = check.run(outcome, cmd, deadline, "cuda-tests.log")
     outcome.status = status_of(code, check.limit("cuda-tests"))
     if code == 5:  # pytest: nothing collected
@@ -330,6 +348,20 @@ def summary(check: Check, outcomes: list[Outcome], argv: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bring_back(out: Path, dest: Path) -> list[Path]:
+    """Copy README.md and the part tables of ``out`` into ``dest``, and all of ``out`` (logs
+    included) as ``logs.tar.gz``: at most 8 files, each written whole (a kill leaves the last)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tables = [out / name for name in RETURNED if (out / name).is_file()][: MAX_RETURNED - 1]
+    for table in tables:
+        shutil.copyfile(table, dest / f".{table.name}.part")
+        os.replace(dest / f".{table.name}.part", dest / table.name)
+    with tarfile.open(dest / f".{LOGS}.part", "w:gz") as tar:
+        tar.add(out, arcname="gpu-report")
+    os.replace(dest / f".{LOGS}.part", dest / LOGS)
+    return [dest / t.name for t in tables] + [dest / LOGS]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0]
@@ -340,9 +372,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--archive", type=Path, default=None, help="CIFAR-100 python archive (part 3)")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--time-scale", type=float, default=1.0, help="multiplies every part's limit")
+    p.add_argument(
+        "--bring-back", type=Path, default=None, metavar="DIR",
+        help="after every part, copy README.md, the tables and logs.tar.gz into DIR (8 files)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.time_scale <= 0:
         p.error(f"--time-scale: expected a number > 0, got {args.time_scale}")
+    if args.bring_back is not None and args.bring_back.resolve() == args.out.resolve():
+        p.error(f"--bring-back: expected a folder other than --out, got {args.bring_back}")
     return args
 
 
@@ -364,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> list[Outcome]:
         outcome.seconds = time.monotonic() - start
         outcomes.append(outcome)
         (args.out / "README.md").write_text(summary(check, outcomes, argv))
+        if args.bring_back is not None:
+            bring_back(args.out, args.bring_back)
         print(f"[gpu_check] {part}: {outcome.status}", file=sys.stderr, flush=True)
     print((args.out / "README.md").read_text())
     return outcomes

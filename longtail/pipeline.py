@@ -179,6 +179,8 @@ def _read_model_file(path: Path, rewrite: str) -> dict[str, Any]:
 class EpochLogger:
     """Per-epoch metrics into DVCLive (``dvcyaml=False``; dvc.yaml declares the outputs).
 
+    Without the dvclive package, :class:`longtail.live.PlainLive` writes the same files.
+
     Every run starts from an empty directory; a resumed run first replays the epochs stored in its
     checkpoint (:meth:`replay`), so the curves continue where they stopped and end identical to an
     uninterrupted run's (an epoch the killed run logged after its last checkpoint is not
@@ -191,11 +193,11 @@ class EpochLogger:
         self.first_step = first_step
         self.live = None
         if enabled:
-            from dvclive import Live
+            from longtail.live import open_live  # dvclive, or its files without it
 
             if directory.exists():
                 shutil.rmtree(directory)
-            self.live = Live(dir=str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+            self.live = open_live(directory)
 
     def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if self.live is None:
