@@ -30,6 +30,13 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "raw", root / "prepared"
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A frame cache of this test's own, so that decode counts do not depend on other tests."""
+    monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "frames"
+
+
 @pytest.fixture
 def own_raw(prepared: tuple[Path, Path], tmp_path: Path) -> Path:
     """A copy of the raw clips that a test may damage."""
@@ -47,11 +54,11 @@ class CountingDecoder:
     def __init__(self, fail_after: int | None = None) -> None:
         self.calls, self.fail_after = 0, fail_after
 
-    def __call__(self, path: Path, *, fps: float | None, size: int) -> np.ndarray:
+    def __call__(self, path: Path, **options: object) -> np.ndarray:
         if self.fail_after is not None and self.calls == self.fail_after:
             raise RuntimeError("killed")
         self.calls += 1
-        return DECODE(path, fps=fps, size=size)
+        return DECODE(path, **options)
 
 
 def test_extracted_clip_has_opencv_frame_count_and_size(prepared: tuple[Path, Path]) -> None:
@@ -125,7 +132,12 @@ def test_interrupted_extraction_resumes_with_the_missing_clips_only(
     again = CountingDecoder()
     monkeypatch.setattr(frames, "decode_clip", again)
     frames.extract(cfg, raw, prepared_dir, tmp_path / "frames")
-    assert again.calls == 3 and all(p.exists() for p in deleted)
+    assert again.calls == 0 and all(p.exists() for p in deleted)  # linked back from the cache
+    shutil.rmtree(frames.cache_root())  # without the cache, every clip is decoded again
+    fresh = CountingDecoder()
+    monkeypatch.setattr(frames, "decode_clip", fresh)
+    frames.extract(cfg, raw, prepared_dir, tmp_path / "frames")
+    assert fresh.calls == NUM_CLIPS
 
 
 def test_other_settings_start_afresh(
@@ -181,9 +193,12 @@ def test_missing_clip_file_is_a_bad_clip(prepared: tuple[Path, Path], own_raw: P
         frames.decode_clip(mp4, fps=None, size=32)
 
 
-def test_worker_pool_gives_the_inline_arrays(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+def test_worker_pool_gives_the_inline_arrays(
+    prepared: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw, prepared_dir = prepared
     frames.extract(FramesConfig(workers=1), raw, prepared_dir, tmp_path / "one")
+    monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path / "second cache"))  # decode again
     frames.extract(FramesConfig(workers=2), raw, prepared_dir, tmp_path / "two")
     one, two = (frames.read_manifest(tmp_path / d) for d in ("one", "two"))
     assert one["per_clip"] == two["per_clip"] and two["decoded"] == NUM_CLIPS
