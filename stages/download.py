@@ -2,7 +2,8 @@
 
 Checksums are verified before anything is unpacked; the output directory is written under a
 temporary name and renamed at the end. A video dataset's split files are checked against the clips
-on disk: missing ones are named here, before any decoding (``frames.skip_bad`` lets them through). Run: ``python -m stages.download`` (dvc.yaml does).
+on disk: missing ones are named here, before any decoding (``frames.skip_bad`` lets them through).
+Run: ``python -m stages.download`` (dvc.yaml does).
 """
 
 from longtail.pipeline import run_stage
