@@ -400,7 +400,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=96, help="frames per clip (24 fps)")
     parser.add_argument("--workers", type=int, default=2, help="processes of the parallel run")
     parser.add_argument("--readers", type=int, default=2, help="threads of the parallel read")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the store")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the store")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each read (median)")
     parser.add_argument(
         "--fidelity-clips", type=int, default=4, help="clips compared for the network input"

@@ -112,7 +112,7 @@ class FramesConfig:
     skip_bad: bool = False
     segments: int | None = _check(None, gt=0)
     store: Literal["npy", "jpeg"] | None = None
-    quality: int = _check(95, ge=1, le=100)
+    quality: int = _check(90, ge=1, le=100)
     interpolation: Literal["linear", "area"] = "linear"
     channels: Literal["rgb", "bgr"] = "rgb"
     normalize: Literal["dataset", "none"] = "dataset"

@@ -9,9 +9,11 @@ Picked by name (``frames.store``; null: the family's, :class:`longtail.data.base
 ``jpeg``
     CDB-CE keeps every frame as a JPEG (hitachi-rd-cv/CDB-loss, ``EGTEA/data/extract_frames.py:29``,
     ``cv2.imwrite`` at OpenCV's default quality 95, full 640×480 frames, one file per frame). Here
-    the frames are JPEG-encoded by OpenCV at ``frames.quality`` after the resize to the training
-    size, and one clip's JPEGs are concatenated into one file (``<clip>.jpgs``), so that a
-    dataset of 1.05 M frames is 10 K files for DVC to track, not 1.05 M. Layout, little-endian:
+    the frames are JPEG-encoded by OpenCV at ``frames.quality`` (90: 95 at 224 px projects to
+    24.4 GB for EGTEA on generated clips, too close to a 25 GB budget; BENCHMARKS.md) after the
+    resize to the training size, and one clip's JPEGs are concatenated into one file
+    (``<clip>.jpgs``), so that a dataset of 1.05 M frames is 10 K files for DVC to track, not
+    1.05 M. Layout, little-endian:
     ``b"LTJPEGS1"``, ``uint32`` T, H, W, then ``uint64`` offsets (T + 1, from the start of the
     JPEG data), then the JPEG data; frame ``t`` is bytes ``[offsets[t], offsets[t + 1])``, a
     standard JPEG file (``cv2.imdecode`` or any decoder reads it). A read decodes only the
@@ -85,7 +87,7 @@ class NpyStore:
 class JpegStore:
     """A clip's frames as JPEGs (OpenCV, ``quality``) concatenated in one ``.jpgs`` file."""
 
-    quality: int = 95
+    quality: int = 90
     name: str = "jpeg"
     suffix: str = ".jpgs"
 
@@ -143,14 +145,14 @@ BUILDERS: dict[str, Callable[[int], Store]] = {
 }
 
 
-def create(name: str, quality: int = 95) -> Store:
+def create(name: str, quality: int = 90) -> Store:
     """The store called ``name`` (``quality``: JPEG quality, 1-100, used by ``jpeg`` only)."""
     if name not in BUILDERS:
         raise ValueError(f"frames.store: expected one of {', '.join(BUILDERS)}; got {name!r}")
     return BUILDERS[name](quality)
 
 
-def from_suffix(path: Path, quality: int = 95) -> Store:
+def from_suffix(path: Path, quality: int = 90) -> Store:
     """The store that wrote ``path``, known by its suffix."""
     for name in BUILDERS:
         store = create(name, quality)
