@@ -31,6 +31,7 @@ asserts a number.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -38,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,8 +132,8 @@ def write_egtea_tree(
 
 # ------------------------------------------------------------------------------ stage timings
 def read_all(path: Path) -> list[np.ndarray]:
-    """Every frame as OpenCV gives it (grab + retrieve), BGR."""
-    capture = cv2.VideoCapture(str(path))
+    """Every frame as OpenCV gives it (grab + retrieve), BGR, one decoding thread as the stage."""
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
     out = []
     while capture.grab():
         out.append(capture.retrieve()[1])
@@ -140,27 +141,47 @@ def read_all(path: Path) -> list[np.ndarray]:
     return out
 
 
-def per_stage(videos: Sequence[Path], store: clipstore.Store, work: Path) -> dict[str, float]:
-    """ms per frame of read, resize (linear and area) and write, one core."""
-    totals = {"read": 0.0, "resize linear": 0.0, "resize area": 0.0, "write": 0.0}
-    count = 0
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (user + system)."""
+    children = os.times()  # clock ticks: coarse, but the pool's workers run for seconds
+    return time.process_time() + children.children_user + children.children_system
+
+
+class Clock:
+    """Wall and CPU seconds of the blocks it times, added up per name."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        yield
+        self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+        self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds() - cpu
+
+
+def per_stage(
+    videos: Sequence[Path], store: clipstore.Store, work: Path
+) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) ms per frame of read, resize (linear and area) and write, one core."""
+    clock, count = Clock(), 0
     for i, video in enumerate(videos):
-        start = time.perf_counter()
-        bgr = read_all(video)
-        totals["read"] += time.perf_counter() - start
+        with clock("read"):
+            bgr = read_all(video)
         for name, mode in (("resize area", cv2.INTER_AREA), ("resize linear", cv2.INTER_LINEAR)):
-            start = time.perf_counter()
-            small = [cv2.cvtColor(frames.resize(f, SIZE, mode), cv2.COLOR_BGR2RGB) for f in bgr]
-            totals[name] += time.perf_counter() - start
-        start = time.perf_counter()
-        store.write(work / f"{i}{store.suffix}", np.stack(small))
-        totals["write"] += time.perf_counter() - start
+            with clock(name):
+                small = [cv2.cvtColor(frames.resize(f, SIZE, mode), cv2.COLOR_BGR2RGB) for f in bgr]
+        with clock("write"):
+            store.write(work / f"{i}{store.suffix}", np.stack(small))
         count += len(bgr)
-    return {name: 1000 * total / count for name, total in totals.items()}
+    return {n: (1000 * clock.wall[n] / count, 1000 * clock.cpu[n] / count) for n in clock.wall}
 
 
-def stage_rate(tree: Path, work: Path, cfg: FramesConfig) -> tuple[float, int]:
-    """(frames/s, frames) of the extract_frames stage on ``tree`` with an empty frame cache."""
+def stage_rate(tree: Path, work: Path, cfg: FramesConfig) -> tuple[float, float, int]:
+    """(frames per wall second, frames per CPU second, frames) of the extract_frames stage on
+    ``tree`` with an empty frame cache (the CPU time includes the pool's workers)."""
     family = base.get("egtea")
     data = DataConfig(name="egtea", root=str(tree))
     raw, prepared, out = work / "raw", work / "prepared", work / f"frames-{cfg.workers}"
@@ -170,16 +191,16 @@ def stage_rate(tree: Path, work: Path, cfg: FramesConfig) -> tuple[float, int]:
     before = os.environ.get("LONGTAIL_CACHE")
     os.environ["LONGTAIL_CACHE"] = str(work / f"cache-{cfg.workers}")  # an empty frame cache
     try:
-        start = time.perf_counter()
-        frames.extract(cfg, raw, prepared, out)
-        elapsed = time.perf_counter() - start
+        clock = Clock()
+        with clock("extract"):
+            frames.extract(cfg, raw, prepared, out)
     finally:
         if before is None:
             del os.environ["LONGTAIL_CACHE"]
         else:
             os.environ["LONGTAIL_CACHE"] = before
     count = frames.read_manifest(out)["frames"]
-    return count / elapsed, count
+    return count / clock.wall["extract"], count / clock.cpu["extract"], count
 
 
 # -------------------------------------------------------------------------------------- stores
@@ -307,9 +328,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> str:
         stages = per_stage(videos, jpeg, work)
         cfg = FramesConfig(workers=1, interpolation="linear", store="jpeg", quality=args.quality)
         progress("extract_frames, one worker")
-        one, count = stage_rate(tree, work, cfg)
+        one = stage_rate(tree, work, cfg)
         progress(f"extract_frames, {args.workers} workers")
-        many, _ = stage_rate(tree, work, replace(cfg, workers=args.workers))
+        many = stage_rate(tree, work, replace(cfg, workers=args.workers))
         progress("frame stores")
         clips = [
             np.stack([cv2.cvtColor(frames.resize(f, SIZE), cv2.COLOR_BGR2RGB) for f in read_all(v)])
@@ -324,46 +345,56 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> str:
         stats = input_stats(videos[: args.fidelity_clips])
         load_after = load_text()
     loads = (load_before, load_after)
-    return report(args, argv, names, count, stages, one, many, stores, sees, stats, loads)
+    return report(args, argv, names, stages, one, many, stores, sees, stats, loads)
 
 
 def report(
     args: argparse.Namespace,
     argv: Sequence[str],
     names: Sequence[str],
-    count: int,
-    stages: dict[str, float],
-    one: float,
-    many: float,
+    stages: dict[str, tuple[float, float]],
+    one: tuple[float, float, int],
+    many: tuple[float, float, int],
     stores: dict[str, dict[str, float]],
     sees: dict[str, dict[str, float]],
     stats: dict[str, tuple[float, float]],
     loads: tuple[str, str],
 ) -> str:
-    linear = stages["read"] + stages["resize linear"] + stages["write"]
-    area = stages["read"] + stages["resize area"] + stages["write"]
+    def total(resize: str) -> tuple[float, float]:
+        parts = [stages[n] for n in ("read", resize, "write")]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    linear, area = total("resize linear"), total("resize area")
     lines = [
         f"`python -m benchmarks.extract_speed {shlex.join(argv)}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"OpenCV {cv2.__version__}, one OpenCV thread per process. Before: {loads[0]}; "
         f"after: {loads[1]}.",
-        f"Tree: {len(names)} generated clips, {count} frames, 640×480 at 24 fps (mp4v) → 224 px.",
+        f"Tree: {len(names)} generated clips, {one[2]} frames, 640×480 at 24 fps (mp4v) → 224 px.",
+        "Wall: elapsed time (what a loaded machine gives); CPU: user + system time of the process "
+        "and its workers (what the work costs a core, whatever the load).",
         "",
-        "| stage (one core) | ms / frame | frames / s |",
-        "| --- | ---: | ---: |",
+        "| stage (one core) | wall ms / frame | CPU ms / frame | frames / CPU s |",
+        "| --- | ---: | ---: | ---: |",
     ]
-    for name in ("read", "resize linear", "resize area", "write"):
+    rows = [(n, stages[n]) for n in ("read", "resize linear", "resize area", "write")]
+    rows += [("read + resize linear + write", linear), ("read + resize area + write", area)]
+    for name, (wall, cpu) in rows:
         label = f"write ({args.quality} JPEG)" if name == "write" else name
-        lines.append(f"| {label} | {stages[name]:.2f} | {1000 / stages[name]:.0f} |")
+        lines.append(f"| {label} | {wall:.2f} | {cpu:.2f} | {1000 / max(cpu, 1e-6):.0f} |")
     lines += [
-        f"| read + resize linear + write | {linear:.2f} | {1000 / linear:.0f} |",
-        f"| read + resize area + write | {area:.2f} | {1000 / area:.0f} |",
         "",
-        "| extract_frames stage (jpeg, linear) | frames / s | EGTEA (1.05 M frames) |",
-        "| --- | ---: | ---: |",
-        f"| 1 worker (per core) | {one:.0f} | {EGTEA_FRAMES / one / 3600:.2f} h |",
-        f"| {args.workers} workers | {many:.0f} | {EGTEA_FRAMES / many / 3600:.2f} h |",
+        "| extract_frames stage (jpeg, linear) | frames / wall s | frames / CPU s | "
+        "EGTEA (1.05 M frames), wall | EGTEA, CPU hours |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, (wall, cpu, _) in (("1 worker", one), (f"{args.workers} workers", many)):
+        lines.append(
+            f"| {label} | {wall:.0f} | {cpu:.0f} | {EGTEA_FRAMES / wall / 3600:.2f} h | "
+            f"{EGTEA_FRAMES / cpu / 3600:.2f} |"
+        )
+    lines += [
         "",
         f"| frame store | bytes / frame | EGTEA GB | read frames / s, 1 thread | "
         f"{args.readers} threads |",

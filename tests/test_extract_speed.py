@@ -35,7 +35,7 @@ def test_benchmark_prints_every_table(tmp_path: Path) -> None:
         "| resize linear |",
         "| resize area |",
         "| write (90 JPEG) |",
-        "| 1 worker (per core) |",
+        "| 1 worker |",
         "| jpeg q90 |",
         "| npy |",
         "| linear vs CDB-CE |",
