@@ -349,3 +349,10 @@ def test_download_names_the_clips_missing_from_disk(
     assert f"download: {file}: 1 of {total} clips missing" in err
     video.check_listed_clips(own_raw, skip_bad=True)  # let through, still listed
     assert (own_raw / video.MISSING_CLIPS).read_text() == f"{clip}\n"
+
+
+def test_a_file_that_is_not_a_jpeg_frame_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "clip.jpgs"
+    path.write_bytes(b"\x93NUMPY" + bytes(40))
+    with pytest.raises(ValueError, match=r"expected a \.jpgs frame file \(magic b'LTJPEGS1'\)"):
+        clipstore.JpegStore().shape(path)

@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import cv2
 import numpy as np
@@ -108,7 +108,7 @@ class JpegStore:
         with io.atomic_path(path) as tmp:
             Path(tmp).write_bytes(self.encode(clip))
 
-    def _index(self, f) -> tuple[tuple[int, int, int], np.ndarray]:
+    def _index(self, f: BinaryIO) -> tuple[tuple[int, int, int], np.ndarray]:
         magic, t, h, w = _HEADER.unpack(f.read(_HEADER.size))
         if magic != JPEG_MAGIC:
             raise ValueError(
