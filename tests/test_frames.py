@@ -356,3 +356,13 @@ def test_a_file_that_is_not_a_jpeg_frame_file_is_refused(tmp_path: Path) -> None
     path.write_bytes(b"\x93NUMPY" + bytes(40))
     with pytest.raises(ValueError, match=r"expected a \.jpgs frame file \(magic b'LTJPEGS1'\)"):
         clipstore.JpegStore().shape(path)
+
+
+def test_cache_writes_leave_other_writers_temporaries_alone(tmp_path: Path) -> None:
+    entry = tmp_path / "ab" / "abcdef.jpgs"
+    entry.parent.mkdir()
+    other = entry.with_name(f".{entry.name}.99999.0123abcd.part")  # another experiment's write
+    other.write_bytes(b"in progress")
+    frames.shared_write(entry, lambda f: f.write(b"frames"))
+    assert entry.read_bytes() == b"frames" and other.read_bytes() == b"in progress"
+    assert sorted(p.name for p in entry.parent.iterdir()) == sorted([entry.name, other.name])

@@ -49,6 +49,10 @@ class Store(Protocol):
         """Write (T, H, W, 3) uint8 RGB ``clip`` to ``path`` atomically."""
         ...
 
+    def dump(self, f: BinaryIO, clip: np.ndarray) -> None:
+        """Write ``clip``'s file content to the open binary file ``f``."""
+        ...
+
     def shape(self, path: Path) -> tuple[int, int, int]:
         """(T, H, W) of the stored clip, from its header only."""
         ...
@@ -71,6 +75,9 @@ class NpyStore:
 
     def write(self, path: Path, clip: np.ndarray) -> None:
         io.save_npy(path, clip)
+
+    def dump(self, f: BinaryIO, clip: np.ndarray) -> None:
+        np.save(f, clip)
 
     def shape(self, path: Path) -> tuple[int, int, int]:
         t, h, w, _ = np.load(path, mmap_mode="r").shape
@@ -107,6 +114,9 @@ class JpegStore:
     def write(self, path: Path, clip: np.ndarray) -> None:
         with io.atomic_path(path) as tmp:
             Path(tmp).write_bytes(self.encode(clip))
+
+    def dump(self, f: BinaryIO, clip: np.ndarray) -> None:
+        f.write(self.encode(clip))
 
     def _index(self, f: BinaryIO) -> tuple[tuple[int, int, int], np.ndarray]:
         magic, t, h, w = _HEADER.unpack(f.read(_HEADER.size))

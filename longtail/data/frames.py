@@ -21,7 +21,9 @@ workspace's ``data/frames``) can lose a finished clip. ``frames_dir`` holds hard
 cache entries (copies where the cache is on another file system). The md5 of an MP4 is computed
 once and remembered by path, size and modification time. A clip found bad is remembered too,
 with its reason and decoder messages, and not retried. Entries are written under a temporary
-name and renamed, so a killed run leaves only whole clips. Delete the folder to reclaim space.
+name of the writing process's own and renamed, so a killed run leaves only whole clips (and
+perhaps a ``.part`` file) and queued experiments can fill the cache at the same time. Delete the
+folder to reclaim space.
 
 **Quiet decoding.** FFmpeg, inside OpenCV, writes its messages (``[mpeg4 @ 0x...] marker does not
 match f_code``, thousands for one damaged clip) straight to the process's stderr from C.
@@ -59,15 +61,16 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -299,8 +302,26 @@ def video_md5(path: Path) -> str:
         if {k: known.get(k) for k in seen} == seen:
             return known["md5"]
     digest = io.md5sum(path)
-    io.write_json(memo, {**seen, "md5": digest})
+    shared_write(memo, lambda f: f.write(json.dumps({**seen, "md5": digest}).encode()))
     return digest
+
+
+def shared_write(path: Path, dump: Callable[[BinaryIO], object]) -> None:
+    """Write a cache file atomically under a name of this process's own, then rename it.
+
+    Unlike ``io.atomic_path``, it removes no other temporary file beside ``path``: queued
+    experiments may write the same entry at the same time (same content, last rename wins).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        with open(tmp, "wb") as f:
+            dump(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cache_entry(md5: str, settings: dict[str, Any]) -> Path:
@@ -362,9 +383,10 @@ def _extract_one(job: _Job) -> ClipResult:
             else:
                 error = None
         if error is not None:
-            io.write_json(bad_file, {"reason": error, "log": "\n".join(log)})
+            bad = {"reason": error, "log": "\n".join(log)}
+            shared_write(bad_file, lambda f: f.write(json.dumps(bad).encode()))
             return ClipResult(job.clip, error=error, log="\n".join(log))
-        store.write(frames_file, frames)
+        shared_write(frames_file, lambda f: store.dump(f, frames))
         decoded = True
     _place(frames_file, output)
     t, h, w = store.shape(output)
