@@ -92,10 +92,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FramesConfig:
-    """``frames``: frame extraction and clip sampling of the video datasets.
+    """``frames``: frame extraction, frame store and clip sampling of the video datasets.
 
-    ``size`` and ``segments`` null: the dataset's published setting
-    (``longtail.data.frames.DEFAULTS``; EGTEA: CDB-CE's 224 px and 10 segments).
+    ``size``, ``segments`` and ``store`` null: the dataset's published setting (the family's
+    ``FrameDefaults``; EGTEA: CDB-CE's 224 px, 10 segments, JPEG frames). ``channels``,
+    ``normalize`` and ``eval_frame`` choose what the network is fed (docs/video.md: ``bgr``,
+    ``none`` and ``random`` are CDB-CE's EGTEA code).
     """
 
     fps: float | None = _check(None, gt=0)
@@ -103,6 +105,13 @@ class FramesConfig:
     workers: int = _check(2, ge=1)
     skip_bad: bool = False
     segments: int | None = _check(None, gt=0)
+    store: Literal["npy", "jpeg"] | None = None
+    quality: int = _check(90, ge=1, le=100)
+    interpolation: Literal["linear", "area"] = "linear"
+    channels: Literal["rgb", "bgr"] = "rgb"
+    normalize: Literal["dataset", "none"] = "dataset"
+    eval_frame: Literal["center", "random"] = "center"
+    eval_seed: int = _check(0, ge=0)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def main() -> None:
 def record_frames(cfg: Config, prepared: Path) -> None:
     """Video datasets: the frame size and segments the run uses (null params resolved)."""
     info = read_json(prepared / "dataset.json")
-    if info.get("family") in frames.DEFAULTS:
+    if info.get("kind") == "video":
         write_json(
             prepared / "dataset.json", {**info, "frames": frames.used(cfg.frames, info["family"])}
         )

@@ -5,6 +5,7 @@ Clips are rendered in the test (tiny moving-digits set, 16 frames of 32×32 at 8
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_video_damage import write_mp4, zero_second_half_of_stream
 
 from longtail.config import DataConfig, FramesConfig
-from longtail.data import base, frames, video
+from longtail.data import base, clipstore, frames, video
 
 TINY = DataConfig(name="moving_digits", n_max=4, imbalance=4.0, val_per_class=1, test_per_class=1)
 NUM_CLIPS = 18 + 10 + 10  # train (exp profile, n_max 4, IF 4), val, test
@@ -28,6 +30,13 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     video.download_moving_digits(TINY, root / "raw")
     video.prepare_moving_digits(TINY, 0, root / "raw", root / "prepared")
     return root / "raw", root / "prepared"
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A frame cache of this test's own, so that decode counts do not depend on other tests."""
+    monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "frames"
 
 
 @pytest.fixture
@@ -47,11 +56,11 @@ class CountingDecoder:
     def __init__(self, fail_after: int | None = None) -> None:
         self.calls, self.fail_after = 0, fail_after
 
-    def __call__(self, path: Path, *, fps: float | None, size: int) -> np.ndarray:
+    def __call__(self, path: Path, **options: object) -> np.ndarray:
         if self.fail_after is not None and self.calls == self.fail_after:
             raise RuntimeError("killed")
         self.calls += 1
-        return DECODE(path, fps=fps, size=size)
+        return DECODE(path, **options)
 
 
 def test_extracted_clip_has_opencv_frame_count_and_size(prepared: tuple[Path, Path]) -> None:
@@ -125,7 +134,12 @@ def test_interrupted_extraction_resumes_with_the_missing_clips_only(
     again = CountingDecoder()
     monkeypatch.setattr(frames, "decode_clip", again)
     frames.extract(cfg, raw, prepared_dir, tmp_path / "frames")
-    assert again.calls == 3 and all(p.exists() for p in deleted)
+    assert again.calls == 0 and all(p.exists() for p in deleted)  # linked back from the cache
+    shutil.rmtree(frames.cache_root())  # without the cache, every clip is decoded again
+    fresh = CountingDecoder()
+    monkeypatch.setattr(frames, "decode_clip", fresh)
+    frames.extract(cfg, raw, prepared_dir, tmp_path / "frames")
+    assert fresh.calls == NUM_CLIPS
 
 
 def test_other_settings_start_afresh(
@@ -181,9 +195,12 @@ def test_missing_clip_file_is_a_bad_clip(prepared: tuple[Path, Path], own_raw: P
         frames.decode_clip(mp4, fps=None, size=32)
 
 
-def test_worker_pool_gives_the_inline_arrays(prepared: tuple[Path, Path], tmp_path: Path) -> None:
+def test_worker_pool_gives_the_inline_arrays(
+    prepared: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw, prepared_dir = prepared
     frames.extract(FramesConfig(workers=1), raw, prepared_dir, tmp_path / "one")
+    monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path / "second cache"))  # decode again
     frames.extract(FramesConfig(workers=2), raw, prepared_dir, tmp_path / "two")
     one, two = (frames.read_manifest(tmp_path / d) for d in ("one", "two"))
     assert one["per_clip"] == two["per_clip"] and two["decoded"] == NUM_CLIPS
@@ -198,3 +215,154 @@ def test_image_manifest_is_refused_as_frames(tmp_path: Path) -> None:
     base.write_nothing_to_extract(tmp_path, "digits")
     with pytest.raises(ValueError, match="kind: video"):
         frames.read_manifest(tmp_path)
+
+
+# ------------------------------------------------------------------------------- frame stores
+def test_jpeg_store_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    smooth = cv2.resize(rng.random((4, 5, 3)).astype(np.float32), (60, 40), cv2.INTER_CUBIC)
+    clip = np.stack([np.clip((smooth + 0.01 * t) * 255, 0, 255) for t in range(7)])
+    clip = clip.astype(np.uint8)  # (7, 40, 60, 3) RGB
+    store = clipstore.create("jpeg", quality=95)
+    path = tmp_path / f"clip{store.suffix}"
+    store.write(path, clip)
+    assert store.shape(path) == (7, 40, 60)
+    whole = store.read(path)
+    assert whole.shape == clip.shape and whole.dtype == np.uint8
+    assert np.abs(whole.astype(int) - clip).mean() < 2  # lossy, but close
+    # Each frame is a standard JPEG that OpenCV decodes to the same pixels (BGR on disk).
+    assert np.array_equal(store.read_frames(path, [5, 1, 5]), whole[[5, 1, 5]])
+    assert clipstore.from_suffix(path).name == "jpeg"
+    with pytest.raises(ValueError, match=r"frames.store: expected one of npy, jpeg; got 'png'"):
+        clipstore.create("png")
+
+
+def test_npy_and_jpeg_stores_give_the_same_manifest(
+    prepared: tuple[Path, Path], tmp_path: Path
+) -> None:
+    raw, prepared_dir = prepared
+    for store in ("npy", "jpeg"):
+        frames.extract(FramesConfig(workers=1, store=store), raw, prepared_dir, tmp_path / store)
+    npy, jpeg = (frames.read_manifest(tmp_path / s) for s in ("npy", "jpeg"))
+    assert npy["per_clip"] == jpeg["per_clip"] and (npy["format"], jpeg["format"]) == (
+        "npy",
+        "jpeg",
+    )
+    clip = next(iter(npy["per_clip"]))
+    raw_frames = np.load(frames.clip_output(tmp_path / "npy", clip))
+    jpeg_frames = clipstore.JpegStore().read(frames.clip_output(tmp_path / "jpeg", clip, ".jpgs"))
+    assert np.abs(jpeg_frames.astype(int) - raw_frames).mean() < 8  # 32×32 digits, quality 90
+
+
+def test_interpolation_is_opencv_bilinear_or_area(tmp_path: Path) -> None:
+    path = tmp_path / "big.mp4"
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (80, 60))
+    for _ in range(3):
+        writer.write(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    writer.release()
+    first = cv2.cvtColor(DECODE(path, fps=None, size=60)[0], cv2.COLOR_RGB2BGR)  # unresized
+    for name, mode in (("linear", cv2.INTER_LINEAR), ("area", cv2.INTER_AREA)):
+        got = DECODE(path, fps=None, size=24, interpolation=name)[0]
+        expected = cv2.cvtColor(cv2.resize(first, (32, 24), interpolation=mode), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(got, expected), name
+    assert not np.array_equal(
+        DECODE(path, fps=None, size=24, interpolation="linear"),
+        DECODE(path, fps=None, size=24, interpolation="area"),
+    )
+
+
+# ------------------------------------------------------------------------ quiet, cached bad clips
+def test_decoder_messages_go_to_the_log_and_the_terminal_gets_one_line_per_bad_clip(
+    prepared: tuple[Path, Path],
+    own_raw: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prepared_dir = prepared[1]
+    train = base.read_manifest(prepared_dir, "train")["clip"]
+    clip, mp4 = train[0], frames.clips_dir(own_raw) / f"{train[0]}.mp4"
+    mp4.write_bytes(zero_second_half_of_stream(write_mp4(tmp_path / "whole.mp4")))
+    cfg = FramesConfig(workers=1, skip_bad=True)
+    frames.extract(cfg, own_raw, prepared_dir, tmp_path / "frames")
+    err = capfd.readouterr().err
+    assert "[mpeg4 @" not in err  # FFmpeg's messages did not reach the terminal
+    assert f"bad clip {mp4}: decoded " in err and "damaged stream" in err
+    listing = tmp_path / "frames" / frames.BAD_CLIPS
+    assert f"\ntrain: 1 of {len(train)} clips dropped ({listing})\n" in err
+    assert "val:" not in err and "test:" not in err
+    log = (tmp_path / "frames" / frames.DECODER_LOG).read_text()
+    assert log.startswith(f"== {clip}\n[mpeg4 @") and "more lines" in log
+    assert len(log.splitlines()) == 1 + frames.LOG_LINES + 1
+    # The bad clip is remembered: the rerun neither decodes it nor prints FFmpeg's messages.
+    counter = CountingDecoder()
+    monkeypatch.setattr(frames, "decode_clip", counter)
+    frames.extract(cfg, own_raw, prepared_dir, tmp_path / "frames")
+    assert counter.calls == 0
+    assert (tmp_path / "frames" / frames.DECODER_LOG).read_text() == log
+    assert frames.read_manifest(tmp_path / "frames")["bad_clips"][0]["clip"] == clip
+
+
+def test_captured_stderr_keeps_the_first_lines_and_counts_the_rest() -> None:
+    with frames.captured_stderr() as lines:
+        os.write(2, b"".join(b"line %d\n" % i for i in range(frames.LOG_LINES + 5)))
+    assert lines[0] == "line 0" and lines[frames.LOG_LINES - 1] == f"line {frames.LOG_LINES - 1}"
+    assert lines[-1] == "... 5 more lines" and len(lines) == frames.LOG_LINES + 1
+
+
+def test_an_edited_clip_is_decoded_again(
+    prepared: tuple[Path, Path], own_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared_dir = prepared[1]
+    frames.extract(FramesConfig(workers=1), own_raw, prepared_dir, tmp_path / "frames")
+    clip, mp4 = first_clip(own_raw, prepared_dir)
+    other = frames.clips_dir(own_raw) / f"{frames.listed_clips(prepared_dir)[1]}.mp4"
+    mp4.write_bytes(other.read_bytes())  # new content under the old name
+    counter = CountingDecoder()
+    monkeypatch.setattr(frames, "decode_clip", counter)
+    frames.extract(FramesConfig(workers=1), own_raw, prepared_dir, tmp_path / "frames")
+    assert counter.calls == 0  # its content is a clip already cached
+    out = np.load(frames.clip_output(tmp_path / "frames", clip))
+    assert np.array_equal(out, DECODE(other, fps=None, size=32))
+    mp4.write_bytes(write_mp4(tmp_path / "fresh.mp4"))
+    frames.extract(FramesConfig(workers=1, size=32), own_raw, prepared_dir, tmp_path / "frames")
+    assert counter.calls == 1
+
+
+# ----------------------------------------------------------------------------- missing clips
+def test_download_names_the_clips_missing_from_disk(
+    prepared: tuple[Path, Path], own_raw: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip, mp4 = first_clip(own_raw, prepared[1])
+    video.check_listed_clips(own_raw, skip_bad=False)  # nothing missing: no error
+    assert (own_raw / video.MISSING_CLIPS).read_text() == ""
+    mp4.unlink()
+    with pytest.raises(ValueError, match=r"1 are missing .*frames\.skip_bad: true"):
+        video.check_listed_clips(own_raw, skip_bad=False)
+    err = capsys.readouterr().err
+    assert f"download: missing clip {mp4}\n" in err
+    listed = video.read_split_file(own_raw / video.TRAIN_LIST)
+    in_train = clip in set(listed["clip"])
+    file = video.TRAIN_LIST if in_train else video.TEST_LIST
+    total = len(listed) if in_train else len(video.read_split_file(own_raw / video.TEST_LIST))
+    assert f"download: {file}: 1 of {total} clips missing" in err
+    video.check_listed_clips(own_raw, skip_bad=True)  # let through, still listed
+    assert (own_raw / video.MISSING_CLIPS).read_text() == f"{clip}\n"
+
+
+def test_a_file_that_is_not_a_jpeg_frame_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "clip.jpgs"
+    path.write_bytes(b"\x93NUMPY" + bytes(40))
+    with pytest.raises(ValueError, match=r"expected a \.jpgs frame file \(magic b'LTJPEGS1'\)"):
+        clipstore.JpegStore().shape(path)
+
+
+def test_cache_writes_leave_other_writers_temporaries_alone(tmp_path: Path) -> None:
+    entry = tmp_path / "ab" / "abcdef.jpgs"
+    entry.parent.mkdir()
+    other = entry.with_name(f".{entry.name}.99999.0123abcd.part")  # another experiment's write
+    other.write_bytes(b"in progress")
+    frames.shared_write(entry, lambda f: f.write(b"frames"))
+    assert entry.read_bytes() == b"frames" and other.read_bytes() == b"in progress"
+    assert sorted(p.name for p in entry.parent.iterdir()) == sorted([entry.name, other.name])

@@ -430,3 +430,61 @@ def test_dataclass_defaults_are_the_documented_ones() -> None:
         "flip": True,
         "degrees": 10.0,
     }
+
+
+# ----------------------------------------------------------------- what the network is fed
+def fed(dirs: dict[str, Path], split: str = "test", **frames_options: object) -> torch.Tensor:
+    """Every clip of ``split`` as evaluation feeds it, one batch, under ``frames_options``."""
+    cfg = FramesConfig(segments=4, workers=1, **frames_options)
+    ctx = base.SourceContext(
+        TINY, cfg, dirs["raw"], dirs["prepared"], dirs["frames"], torch.device("cpu")
+    )
+    source = base.get("moving_digits").open(ctx, split)
+    order = torch.arange(len(source))
+    return next(source.batches(order, len(source), train=False, generator=torch.Generator()))[0]
+
+
+def test_bgr_feeds_the_channels_reversed(digits_tree: dict[str, Path]) -> None:
+    rgb, bgr = fed(digits_tree), fed(digits_tree, channels="bgr")
+    assert torch.equal(bgr, rgb.flip(1))  # the mean and std follow the channels
+
+
+def test_normalize_none_feeds_the_raw_0_to_255_values(digits_tree: dict[str, Path]) -> None:
+    x = fed(digits_tree, normalize="none")
+    test = base.read_manifest(digits_tree["prepared"], "test")["clip"]
+    clips = np.stack([np.load(frames.clip_output(digits_tree["frames"], c)) for c in test])
+    centre = torch.from_numpy(clips[:, [2, 6, 10, 14]]).permute(0, 4, 1, 2, 3).float()
+    assert torch.allclose(x, centre, atol=1e-3) and x.max() > 100
+    bgr = fed(digits_tree, normalize="none", channels="bgr")  # CDB-CE's input
+    assert torch.allclose(bgr, centre.flip(1), atol=1e-3)
+
+
+def test_random_evaluation_frames_are_fixed_per_clip_by_the_seed(
+    digits_tree: dict[str, Path],
+) -> None:
+    cfg = FramesConfig(segments=4, workers=1, eval_frame="random", eval_seed=3)
+    ctx = base.SourceContext(
+        TINY,
+        cfg,
+        digits_tree["raw"],
+        digits_tree["prepared"],
+        digits_tree["frames"],
+        torch.device("cpu"),
+    )
+    source = base.get("moving_digits").open(ctx, "val")
+    order = torch.arange(len(source))
+    whole = torch.cat([x for x, _ in source.batches(order, 64, train=False, generator=None)])
+    reverse = torch.cat(
+        [x for x, _ in source.batches(order.flip(0), 3, train=False, generator=None)]
+    )
+    assert torch.equal(whole, reverse.flip(0))  # the same frames whatever the order and batch
+    assert torch.equal(whole, fed(digits_tree, "val", eval_frame="random", eval_seed=3))
+    assert not torch.equal(whole, fed(digits_tree, "val"))  # not the centre frames
+    assert not torch.equal(whole, fed(digits_tree, "val", eval_frame="random", eval_seed=4))
+    draws = torch.rand(
+        len(source), 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    picked = video.sample_frames(source.num_frames, 4, train=False, generator=None, draws=draws)
+    i = torch.arange(4)
+    start = i * source.num_frames[:, None] // 4
+    assert ((picked >= start) & (picked < start + 16 // 4)).all()  # inside each segment

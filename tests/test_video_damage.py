@@ -64,8 +64,10 @@ def test_dataset_json_records_the_frames_used(tmp_path: Path) -> None:
     assert info["frames"] == {
         "size": 224,
         "segments": 12,
+        "store": "jpeg",
         "size_from": "egtea default",
         "segments_from": "frames.segments",
+        "store_from": "egtea default",
     }
 
 

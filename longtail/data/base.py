@@ -68,6 +68,19 @@ class SourceContext:
 
 
 @dataclass(frozen=True)
+class FrameDefaults:
+    """A video family's published frame settings, used where ``frames.*`` is null.
+
+    ``size``: short side of the extracted frames in px; ``segments``: TSN segments per clip;
+    ``store``: how the extracted frames are kept (``longtail.data.clipstore``).
+    """
+
+    size: int
+    segments: int
+    store: str
+
+
+@dataclass(frozen=True)
 class Family:
     """A dataset family: the functions the stages call, and its defaults from the papers."""
 
@@ -78,6 +91,7 @@ class Family:
     prepare: Callable[[DataConfig, int, Path, Path], None]
     open: Callable[[SourceContext, str], Source]
     extract: Callable[[FramesConfig, Path, Path, Path], None] | None = None
+    frames: FrameDefaults | None = None  # video families only
 
 
 # The built-in families by name, in listing order, and the module that registers each. A family's
