@@ -141,6 +141,8 @@ class OptimConfig:
     lr_decay: float = _check(0.1, gt=0, le=1)
     warmup_epochs: int = _check(0, ge=0)
     bias_decay: bool = True  # false: no weight decay on the classifier bias (CDB-CE's CIFAR code)
+    # When the LR changes: every step, or once per epoch (train.lr_factor; docs/protocol.md)
+    lr_update: Literal["step", "epoch", "epoch_prestep"] = "step"
 
 
 @dataclass(frozen=True)
@@ -501,6 +503,7 @@ def parse(raw: Mapping[str, Any], training: bool = True) -> Config:
     config = _parse(Config, raw, "")
     _check_data(config)
     _check_continue(config)
+    _check_lr_update(config)
     if training:
         _check_training(config)
     return config
@@ -519,6 +522,7 @@ CONTINUED_KEYS = (
     "lr_decay",
     "warmup_epochs",
     "bias_decay",
+    "lr_update",
 )
 
 
@@ -549,6 +553,19 @@ def _check_continue(config: Config) -> None:
             f"last ({why} from pretrain's last epoch, so pretrain must keep that epoch)",
             config.train.keep,
         )
+
+
+def _check_lr_update(config: Config) -> None:
+    """``epoch_prestep`` steps a scheduler before each epoch; no reference warms up that way."""
+    for stage in ("pretrain", "finetune"):
+        optim = getattr(config, stage).optim
+        if optim.lr_update == "epoch_prestep" and optim.warmup_epochs > 0:
+            _fail(
+                f"{stage}.warmup_epochs",
+                f"0 with {stage}.lr_update: epoch_prestep (classifier-balancing's scheduler, "
+                "stepped before each epoch, has no warmup; use lr_update: epoch for LDAM-DRW's)",
+                optim.warmup_epochs,
+            )
 
 
 def _check_data(config: Config) -> None:
