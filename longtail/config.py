@@ -79,6 +79,7 @@ class DataConfig:
     name: str = "digits"
     seed: int = _check(0, ge=0)
     subset: Literal["ldam", "cdb", "random"] = "ldam"
+    draws: Literal["shared", "per_phase"] = "shared"  # per_phase: BALMS CIFAR, docs/protocol.md
     root: str | None = None
     archive: str | None = None
     md5: str | None = "auto"
@@ -574,6 +575,29 @@ def _check_data(config: Config) -> None:
 
     if config.data.name not in data.names():
         _fail("data.name", "one of " + ", ".join(data.names()), config.data.name)
+    _check_draws(config.data)
+
+
+def _check_draws(cfg: DataConfig) -> None:
+    """``data.draws: per_phase`` needs a family whose training split is a seeded draw."""
+    from longtail.data.imbalance import DRAWN_FAMILIES
+
+    if cfg.draws == "shared":
+        return
+    if cfg.name not in DRAWN_FAMILIES:
+        _fail(
+            "data.draws",
+            f"shared for {cfg.name} (its training images are published lists or clips, not a "
+            f"seeded draw; per_phase is for {', '.join(DRAWN_FAMILIES)})",
+            cfg.draws,
+        )
+    if cfg.subset == "cdb" and cfg.name != "digits":
+        _fail(
+            "data.draws",
+            "shared with data.subset: cdb (CDB-CE's images are in file order: every draw would "
+            "be the same)",
+            cfg.draws,
+        )
 
 
 def _check_training(config: Config) -> None:
