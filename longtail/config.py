@@ -79,6 +79,7 @@ class DataConfig:
     name: str = "digits"
     seed: int = _check(0, ge=0)
     subset: Literal["ldam", "cdb", "random"] = "ldam"
+    draws: Literal["shared", "per_phase"] = "shared"  # per_phase: BALMS CIFAR, docs/protocol.md
     root: str | None = None
     archive: str | None = None
     md5: str | None = "auto"
@@ -141,6 +142,8 @@ class OptimConfig:
     lr_decay: float = _check(0.1, gt=0, le=1)
     warmup_epochs: int = _check(0, ge=0)
     bias_decay: bool = True  # false: no weight decay on the classifier bias (CDB-CE's CIFAR code)
+    # When the LR changes: every step, or once per epoch (train.lr_factor; docs/protocol.md)
+    lr_update: Literal["step", "epoch", "epoch_prestep"] = "step"
 
 
 @dataclass(frozen=True)
@@ -501,6 +504,7 @@ def parse(raw: Mapping[str, Any], training: bool = True) -> Config:
     config = _parse(Config, raw, "")
     _check_data(config)
     _check_continue(config)
+    _check_lr_update(config)
     if training:
         _check_training(config)
     return config
@@ -519,6 +523,7 @@ CONTINUED_KEYS = (
     "lr_decay",
     "warmup_epochs",
     "bias_decay",
+    "lr_update",
 )
 
 
@@ -551,12 +556,48 @@ def _check_continue(config: Config) -> None:
         )
 
 
+def _check_lr_update(config: Config) -> None:
+    """``epoch_prestep`` steps a scheduler before each epoch; no reference warms up that way."""
+    for stage in ("pretrain", "finetune"):
+        optim = getattr(config, stage).optim
+        if optim.lr_update == "epoch_prestep" and optim.warmup_epochs > 0:
+            _fail(
+                f"{stage}.warmup_epochs",
+                f"0 with {stage}.lr_update: epoch_prestep (classifier-balancing's scheduler, "
+                "stepped before each epoch, has no warmup; use lr_update: epoch for LDAM-DRW's)",
+                optim.warmup_epochs,
+            )
+
+
 def _check_data(config: Config) -> None:
     """``data.name`` names a registered dataset family (a check that imports no torch)."""
     from longtail import data
 
     if config.data.name not in data.names():
         _fail("data.name", "one of " + ", ".join(data.names()), config.data.name)
+    _check_draws(config.data)
+
+
+def _check_draws(cfg: DataConfig) -> None:
+    """``data.draws: per_phase`` needs a family whose training split is a seeded draw."""
+    from longtail.data.imbalance import DRAWN_FAMILIES
+
+    if cfg.draws == "shared":
+        return
+    if cfg.name not in DRAWN_FAMILIES:
+        _fail(
+            "data.draws",
+            f"shared for {cfg.name} (its training images are published lists or clips, not a "
+            f"seeded draw; per_phase is for {', '.join(DRAWN_FAMILIES)})",
+            cfg.draws,
+        )
+    if cfg.subset == "cdb" and cfg.name != "digits":
+        _fail(
+            "data.draws",
+            "shared with data.subset: cdb (CDB-CE's images are in file order: every draw would "
+            "be the same)",
+            cfg.draws,
+        )
 
 
 def _check_training(config: Config) -> None:

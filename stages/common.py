@@ -168,13 +168,14 @@ def train_stage(
     from longtail import io, losses, samplers
     from longtail.data.augment import use_policy
     from longtail.data.base import class_counts
+    from longtail.data.imbalance import phase_split
     from longtail.distributed import World
     from longtail.pipeline import EpochLogger, machine, signature
     from longtail.train import Checkpointer, Trainer
 
     fam = family(cfg)
     ctx = context(cfg, device)
-    train_src, val_src = fam.open(ctx, "train"), fam.open(ctx, "val")
+    train_src, val_src = fam.open(ctx, phase_split(cfg.data.draws, stage)), fam.open(ctx, "val")
     counts = class_counts(PREPARED, "train")
     loss = losses.create(loss_cfg.name, counts, **loss_cfg.kwargs())
     if getattr(loss, "requires_val", False) and len(val_src) == 0:
@@ -229,6 +230,8 @@ def train_stage(
         sync_bn=cfg.dist.sync_bn,
         carry=carry,
     )
+    if stage == "finetune" and cfg.data.draws == "per_phase" and section.meta_source == "train":
+        trainer.meta_draw = fam.open(ctx, phase_split(cfg.data.draws, "meta"))  # longtail.meta
     if setup is not None:
         setup(trainer)
     logger = EpochLogger(LIVE / stage, enabled=world.is_main, first_step=first_step)
