@@ -219,7 +219,8 @@ fragments:
     loss.name: required
     finetune:
       mode: classifier
-      sgd: {epochs: required, batch_size: 8, lr: 0.1, weight_decay: 0.0, schedule: cosine}
+      sgd: {epochs: required, batch_size: 8, lr: 0.1, weight_decay: 0.0, schedule: cosine,
+            lr_update: epoch}
 lines: {shared: a shared line.}
 """
 BASE = """
@@ -274,6 +275,7 @@ def test_the_loader_merges_bases_fragments_and_sgd_blocks(tmp_path: Path) -> Non
         ("finetune.milestones", []),
         ("finetune.lr_decay", 0.1),
         ("finetune.warmup_epochs", 0),
+        ("finetune.lr_update", "epoch"),
     ]
     assert a.deviations == ("base line.", "a shared line.") and b.deviations == ("base line.",)
     assert a.reference.text("top1") == "50.00 ± 1.50" and a.reference.text("few") == "30.00 ± 3.00"
@@ -292,6 +294,7 @@ def test_the_loader_merges_bases_fragments_and_sgd_blocks(tmp_path: Path) -> Non
         ("base", "uses: [opt]", "uses: [sgd]", "unknown fragment 'sgd'; expected one of ['opt']"),
         ("shared", "lr: 0.1,", "rate: 0.1,", "opt: finetune.sgd: unknown key 'rate'"),
         ("shared", "lr: 0.1,", "", "finetune.sgd: expected values for ['lr']"),
+        ("shared", "lr_update: epoch", "", "finetune.sgd: expected values for ['lr_update']"),
         ("shared", "tables: [t]", "tables: []", "tables: expected ['t'] listed"),
         ("table", "extends: _b", "extends: _c", "expected the recipe file"),
     ],
