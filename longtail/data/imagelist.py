@@ -55,7 +55,8 @@ Loading (``open``): a ``DataLoader`` with ``data.workers`` processes reads the f
 the training loop gives, decodes them with ``torchvision.io.decode_image`` (no PIL) and applies the
 papers' transforms to uint8 tensors with ``torchvision.transforms.v2.functional``: training
 RandomResizedCrop(size) + RandomHorizontalFlip + ColorJitter(0.4, 0.4, 0.4, 0) (iNaturalist: no
-jitter, as classifier-balancing); evaluation Resize(size * 256 / 224) + CenterCrop(size). The
+jitter, as classifier-balancing; ``pretrain.color_jitter`` / ``finetune.color_jitter`` set another
+strength, 0 none as FBL); evaluation Resize(size * 256 / 224) + CenterCrop(size). The
 random parameters are drawn with torchvision's algorithms from a per-sample ``torch.Generator``
 whose seed is drawn from the ``generator`` passed to ``batches`` (one per position of the order),
 so an epoch's augmentation depends only on that generator, not on the number of workers, and no
@@ -490,7 +491,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "image_size": cfg.image_size or DEFAULT_IMAGE_SIZE,
-        "color_jitter": spec.color_jitter,
+        "color_jitter": JITTER if spec.color_jitter else 0.0,  # the family's default strength
         "has_val": len(frames["val"]) > 0,
         "val_source": _val_source(source, cfg),
         "published_lists": published,
@@ -691,19 +692,23 @@ def resized_crop_box(
 
 
 def train_transform(
-    image: torch.Tensor, size: int, color_jitter: bool, gen: torch.Generator
+    image: torch.Tensor, size: int, color_jitter: float, gen: torch.Generator
 ) -> torch.Tensor:
-    """RandomResizedCrop + RandomHorizontalFlip (+ ColorJitter 0.4, 0.4, 0.4) of (3, H, W) uint8."""
+    """RandomResizedCrop + RandomHorizontalFlip + ColorJitter(s, s, s, 0) of (3, H, W) uint8.
+
+    ``color_jitter`` is the strength s (0: no jitter, and no draws for it).
+    """
     top, left, h, w = resized_crop_box(image.shape[-2], image.shape[-1], gen)
     image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
     if float(torch.rand((), generator=gen)) < 0.5:
         image = F.horizontal_flip(image)
-    if color_jitter:
+    if color_jitter > 0:
         # ColorJitter's draws: the order of its four operations, then the three factors (hue 0 is
-        # never applied and draws nothing).
+        # never applied and draws nothing), each uniform in [max(0, 1 - s), 1 + s].
         order = torch.randperm(4, generator=gen).tolist()
         ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
-        factors = [_uniform(gen, 1 - JITTER, 1 + JITTER) for _ in ops]
+        low, high = max(0.0, 1 - color_jitter), 1 + color_jitter
+        factors = [_uniform(gen, low, high) for _ in ops]
         for k in order:
             if k < len(ops):
                 image = ops[k](image, factors[k])
@@ -727,7 +732,7 @@ class _Files(Dataset):
         labels: Sequence[int],
         size: int,
         train: bool,
-        color_jitter: bool,
+        color_jitter: float,
     ) -> None:
         self.root, self.paths, self.labels = root, paths, labels
         self.size, self.train, self.color_jitter = size, train, color_jitter
@@ -759,7 +764,9 @@ class FileSource:
         labels: (N,) labels.
         size: side of the square network input.
         mean, std: per-channel normalisation of images scaled to [0, 1].
-        color_jitter: add ColorJitter(0.4, 0.4, 0.4, 0) in training.
+        color_jitter: strength s of ColorJitter(s, s, s, 0) in training (0: none); the family's
+            default is in ``dataset.json``, ``pretrain.color_jitter`` / ``finetune.color_jitter``
+            override it through :meth:`set_color_jitter`.
         workers: DataLoader worker processes (0: decode in this process).
         device: where batches are produced.
     """
@@ -775,15 +782,21 @@ class FileSource:
         size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        color_jitter: bool,
+        color_jitter: float,
         workers: int,
         device: torch.device,
     ) -> None:
         self.root, self.paths = Path(root), list(paths)
         self.labels = labels.to(torch.int64).cpu()
-        self.size, self.color_jitter, self.workers = size, color_jitter, workers
+        self.size, self.color_jitter, self.workers = size, float(color_jitter), workers
         self.mean, self.std = tuple(mean), tuple(std)
         self.device = device
+
+    def set_color_jitter(self, strength: float) -> None:
+        """Train with ColorJitter(s, s, s, 0) of strength ``strength`` (0: none)."""
+        if not 0 <= strength < float("inf"):
+            raise ValueError(f"color_jitter: expected a number >= 0; got {strength!r}")
+        self.color_jitter = float(strength)
 
     def __len__(self) -> int:
         return len(self.labels)
