@@ -154,6 +154,7 @@ class PretrainConfig:
     sampler: str = "instance"
     samples_per_class: int = _check(1, ge=1)
     policy: Literal["crop_flip", "autoaugment_cutout"] = "crop_flip"
+    color_jitter: float | None = _check(None, ge=0)  # None: the family's; 0: none (FBL)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -187,6 +188,7 @@ class FinetuneConfig:
     samples_per_class: int = _check(1, ge=1)
     augment: bool = True
     policy: Literal["crop_flip", "autoaugment_cutout"] = "crop_flip"
+    color_jitter: float | None = _check(None, ge=0)  # None: the family's; 0: none (FBL)
     backbone_bn: Literal["frozen", "train"] = "frozen"
     optimizer: Literal["fresh", "continue"] = "fresh"
     tau_norm: float | str | tuple[float, ...] = "sweep"

@@ -166,7 +166,7 @@ def train_stage(
     curves continue after pretrain's epochs).
     """
     from longtail import io, losses, samplers
-    from longtail.data.augment import use_policy
+    from longtail.data.augment import use_color_jitter, use_policy
     from longtail.data.base import class_counts
     from longtail.data.imbalance import phase_split
     from longtail.distributed import World
@@ -184,8 +184,13 @@ def train_stage(
         )
     world = world or World()
     section = {"pretrain": cfg.pretrain, "finetune": cfg.finetune}[stage]
+    meta_draw = None  # data.draws: per_phase, the BALMS meta set's own draw (longtail.meta)
+    if stage == "finetune" and cfg.data.draws == "per_phase" and section.meta_source == "train":
+        meta_draw = fam.open(ctx, phase_split(cfg.data.draws, "meta"))
     try:
-        use_policy(train_src, section.policy, f"{stage}.policy")
+        for source in (train_src, meta_draw) if meta_draw is not None else (train_src,):
+            use_policy(source, section.policy, f"{stage}.policy")
+            use_color_jitter(source, section.color_jitter, f"{stage}.color_jitter")
     except ValueError as err:
         raise ConfigError(str(err)) from None
     options = samplers.stage_options(sampler_name, samples_per_class=section.samples_per_class)
@@ -230,8 +235,8 @@ def train_stage(
         sync_bn=cfg.dist.sync_bn,
         carry=carry,
     )
-    if stage == "finetune" and cfg.data.draws == "per_phase" and section.meta_source == "train":
-        trainer.meta_draw = fam.open(ctx, phase_split(cfg.data.draws, "meta"))  # longtail.meta
+    if meta_draw is not None:
+        trainer.meta_draw = meta_draw
     if setup is not None:
         setup(trainer)
     logger = EpochLogger(LIVE / stage, enabled=world.is_main, first_step=first_step)

@@ -15,13 +15,17 @@ lists, the number shared and a few paths), so a val list that is really the test
 test into CDB-CE's weights, the τ sweep or the BALMS meta set; every label is below the published
 class count (1,000 / 365 / 8,142; the message names the list); every class has training images
 (else the message says which lists the class appears in, or that it appears in none). The class
-count is the published one when the lists have the published line counts (ImageNet-LT 115,846 /
-20,000 / 50,000, Places-LT 62,500 / 7,300 / 36,500, iNaturalist 2018 437,513 train and 24,426 in
-the official val list), else the largest label of any list + 1. Whether they match is printed and
-kept in ``dataset.json`` (``published_lists``). Every listed image is then decoded once
-(:mod:`longtail.data.verify`, parallel, cached): an image that does not decode stops the stage
-with the list, or with ``data.skip_bad: true`` leaves train and val; a bad test image stays listed
-and is scored as wrong (``bad_images.json``).
+count is the published one when the lists are the published ones, else the largest label of any
+list + 1. A list is published when its file's md5 is the published file's (every list whose file a
+reference ships: :data:`LIST_SOURCE`), or, for ImageNet-LT's and iNaturalist's train lists, which
+no reference ships, when its per-class histogram has the published classes, images, largest and
+smallest class (ImageNet-LT 1,000 / 115,846 / 1,280 / 5, iNaturalist 2018 8,142 / 437,513 /
+1,000 / 2). What was checked per list, what was given and the verdict are printed and kept in
+``dataset.json`` (``published_lists``; ``lines`` keeps the line counts, ImageNet-LT 115,846 /
+20,000 / 50,000, Places-LT 62,500 / 7,300 / 36,500, iNaturalist 2018 437,513 / 24,426). Every
+listed image is then decoded once (:mod:`longtail.data.verify`, parallel, cached): an image that
+does not decode stops the stage with the list, or with ``data.skip_bad: true`` leaves train and
+val; a bad test image stays listed and is scored as wrong (``bad_images.json``).
 
 A val split on iNaturalist 2018. CDB-CE's difficulties, a τ-norm sweep and a val-sourced BALMS meta
 set need one, and iNaturalist 2018 publishes none. ``data.val_per_class: k`` carves k images of
@@ -55,7 +59,8 @@ Loading (``open``): a ``DataLoader`` with ``data.workers`` processes reads the f
 the training loop gives, decodes them with ``torchvision.io.decode_image`` (no PIL) and applies the
 papers' transforms to uint8 tensors with ``torchvision.transforms.v2.functional``: training
 RandomResizedCrop(size) + RandomHorizontalFlip + ColorJitter(0.4, 0.4, 0.4, 0) (iNaturalist: no
-jitter, as classifier-balancing); evaluation Resize(size * 256 / 224) + CenterCrop(size). The
+jitter, as classifier-balancing; ``pretrain.color_jitter`` / ``finetune.color_jitter`` set another
+strength, 0 none as FBL); evaluation Resize(size * 256 / 224) + CenterCrop(size). The
 random parameters are drawn with torchvision's algorithms from a per-sample ``torch.Generator``
 whose seed is drawn from the ``generator`` passed to ``batches`` (one per position of the order),
 so an epoch's augmentation depends only on that generator, not on the number of workers, and no
@@ -75,7 +80,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -100,6 +105,14 @@ MANY_SHOT, FEW_SHOT = 100, 20  # OLTR's many (> 100 train images) and few (< 20)
 DEFAULT_IMAGE_SIZE = 224
 JITTER = 0.4  # brightness, contrast and saturation of ColorJitter; hue 0
 MISSING_SHOWN = 5
+# Where the published lists' md5s and histograms come from: the list files that
+# facebookresearch/classifier-balancing (commit f162ade, data/ImageNet_LT, data/Places_LT,
+# data/iNaturalist18) and jiawei-ren/BalancedMetaSoftmax-Classification (commit 34a61e4, the same
+# paths) ship, byte-identical in both; ImageNet_LT_train.txt and iNaturalist18_train.txt are not
+# in either repository, so those two are checked by their histogram summary (OLTR's 1,000 classes,
+# 115,846 images, 1,280 to 5 per class; iNaturalist 2018's 8,142 classes, 437,513 images, 1,000 to
+# 2 per class).
+LIST_SOURCE = "classifier-balancing f162ade / BalancedMetaSoftmax-Classification 34a61e4"
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,10 @@ class Spec:
     color_jitter: bool
     classes: int = 0  # published class count
     lines: dict[str, int] | None = None  # split -> line count of the published list file
+    # split -> md5 of the published list file, where a reference ships it (:data:`LIST_SOURCE`)
+    md5: dict[str, str] = field(default_factory=dict)
+    # split -> (classes, images, largest class, smallest class) of the published list
+    histogram: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     # A generated split: n_max, n_min, val and test images per class of the published one.
     generated: tuple[int, int, int, int] = (1280, 5, 20, 50)
 
@@ -130,6 +147,15 @@ SPECS = {
             color_jitter=True,
             classes=1000,
             lines={"train": 115_846, "val": 20_000, "test": 50_000},
+            md5={
+                "val": "ef44f8e43fbc904809a77216042e7498",
+                "test": "5f5f97c738923e877c5c78accce6744f",
+            },
+            histogram={
+                "train": (1000, 115_846, 1280, 5),  # OLTR (Liu et al., CVPR 2019), Sec. 4
+                "val": (1000, 20_000, 20, 20),
+                "test": (1000, 50_000, 50, 50),
+            },
             generated=(1280, 5, 20, 50),
         ),
         Spec(
@@ -141,6 +167,16 @@ SPECS = {
             color_jitter=True,
             classes=365,
             lines={"train": 62_500, "val": 7_300, "test": 36_500},
+            md5={
+                "train": "e7795ab1bf428a89f900854127b1e556",
+                "val": "2f6e727cd6c99c7b7fdecc9876875b1b",
+                "test": "1347af35b053bd31cf782256306affe7",
+            },
+            histogram={
+                "train": (365, 62_500, 4980, 5),
+                "val": (365, 7_300, 20, 20),
+                "test": (365, 36_500, 100, 100),
+            },
             generated=(4980, 5, 20, 100),
         ),
         Spec(
@@ -152,6 +188,11 @@ SPECS = {
             color_jitter=False,
             classes=8_142,
             lines={"train": 437_513, "test": 24_426},  # test: the official iNaturalist18_val.txt
+            md5={"test": "b7ed52f3854c157c487cc3be9deb8abf"},
+            histogram={
+                "train": (8_142, 437_513, 1000, 2),  # iNaturalist 2018 (Van Horn et al.)
+                "test": (8_142, 24_426, 3, 3),
+            },
             generated=(1000, 2, 0, 3),
         ),
     )
@@ -464,8 +505,8 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
     """Manifests (``path``, ``label``) of the pinned lists; a seeded val carve-out if asked for.
 
     The lists must be disjoint (resolved paths), every label in range and every class trained;
-    whether they are the published lists (their line counts) is logged and kept in
-    ``dataset.json``.
+    whether they are the published lists (md5 or histogram, :func:`published_lines`) is logged
+    and kept in ``dataset.json``.
     """
     spec = SPECS[cfg.name]
     source = base.read_json(raw_dir / "source.json")
@@ -475,7 +516,8 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
     names = {s: source["lists"].get(s, {}).get("file", f"{s}.txt") for s in base.SPLITS}
     roots = {s: source.get("roots", {}).get(s, source["root"]) for s in base.SPLITS}
     check_disjoint(frames, roots, names)
-    published = published_lines(spec, frames) if source["mode"] == "lists" else None
+    md5s = {s: v["md5"] for s, v in source.get("lists", {}).items()}
+    published = published_lines(spec, frames, md5s) if source["mode"] == "lists" else None
     num_classes = _num_classes(spec, frames, names, published)
     bad = _verify(frames, roots, cfg)
     if source["splits"]["val"] is None and cfg.val_per_class:
@@ -490,7 +532,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "image_size": cfg.image_size or DEFAULT_IMAGE_SIZE,
-        "color_jitter": spec.color_jitter,
+        "color_jitter": JITTER if spec.color_jitter else 0.0,  # the family's default strength
         "has_val": len(frames["val"]) > 0,
         "val_source": _val_source(source, cfg),
         "published_lists": published,
@@ -574,20 +616,55 @@ def check_disjoint(
             )
 
 
-def published_lines(spec: Spec, frames: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
-    """Whether the lists have the published line counts of ``spec``'s dataset (None: unknown)."""
+def histogram_summary(labels: np.ndarray) -> tuple[int, int, int, int]:
+    """``(classes, images, largest class, smallest class)`` of a list's per-class histogram."""
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    if not len(counts):
+        return (0, 0, 0, 0)
+    return (len(counts), int(counts.sum()), int(counts.max()), int(counts.min()))
+
+
+def published_lines(
+    spec: Spec, frames: dict[str, pd.DataFrame], md5s: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """Whether the lists are ``spec``'s published ones (None: the dataset has none).
+
+    Each published list is checked by the strongest evidence known for it: the md5 of the file
+    (``md5s``: split -> md5 of the given file) where a reference ships the published file
+    (:data:`LIST_SOURCE`), else its per-class histogram (classes, images, largest and smallest
+    class) against the published one. ``lists`` records, per split, what was checked, what was
+    given and what is published; ``match`` is true when every list passes.
+    """
     if spec.lines is None:
         return None
-    lines = {s: {"given": len(frames[s]), "published": n} for s, n in spec.lines.items()}
-    match = all(v["given"] == v["published"] for v in lines.values())
-    counts = ", ".join(
-        f"{s} {v['given']:,} (published {v['published']:,})" for s, v in lines.items()
+    md5s = md5s or {}
+    checks, lines = {}, {}
+    for split, n in spec.lines.items():
+        lines[split] = {"given": len(frames[split]), "published": n}
+        if split in spec.md5:
+            given, published, checked = md5s.get(split), spec.md5[split], "md5"
+        else:
+            labels = frames[split]["label"].to_numpy(np.int64)
+            given, published = list(histogram_summary(labels)), list(spec.histogram[split])
+            checked = "histogram"
+        checks[split] = {
+            "checked": checked,
+            "given": given,
+            "published": published,
+            "match": given == published,
+        }
+    match = all(c["match"] for c in checks.values())
+    parts = ", ".join(
+        f"{s} {lines[s]['given']:,} lines, {c['checked']} {'ok' if c['match'] else 'differs'}"
+        for s, c in checks.items()
     )
-    verdict = "match" if match else "do NOT match"
+    verdict = "are" if match else "are NOT"
     return {
         "match": match,
+        "lists": checks,
         "lines": lines,
-        "summary": f"{spec.name}: the lists {verdict} the published line counts: {counts}",
+        "summary": f"{spec.name}: the lists {verdict} the published ones: {parts}",
     }
 
 
@@ -691,19 +768,23 @@ def resized_crop_box(
 
 
 def train_transform(
-    image: torch.Tensor, size: int, color_jitter: bool, gen: torch.Generator
+    image: torch.Tensor, size: int, color_jitter: float, gen: torch.Generator
 ) -> torch.Tensor:
-    """RandomResizedCrop + RandomHorizontalFlip (+ ColorJitter 0.4, 0.4, 0.4) of (3, H, W) uint8."""
+    """RandomResizedCrop + RandomHorizontalFlip + ColorJitter(s, s, s, 0) of (3, H, W) uint8.
+
+    ``color_jitter`` is the strength s (0: no jitter, and no draws for it).
+    """
     top, left, h, w = resized_crop_box(image.shape[-2], image.shape[-1], gen)
     image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
     if float(torch.rand((), generator=gen)) < 0.5:
         image = F.horizontal_flip(image)
-    if color_jitter:
+    if color_jitter > 0:
         # ColorJitter's draws: the order of its four operations, then the three factors (hue 0 is
-        # never applied and draws nothing).
+        # never applied and draws nothing), each uniform in [max(0, 1 - s), 1 + s].
         order = torch.randperm(4, generator=gen).tolist()
         ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
-        factors = [_uniform(gen, 1 - JITTER, 1 + JITTER) for _ in ops]
+        low, high = max(0.0, 1 - color_jitter), 1 + color_jitter
+        factors = [_uniform(gen, low, high) for _ in ops]
         for k in order:
             if k < len(ops):
                 image = ops[k](image, factors[k])
@@ -727,7 +808,7 @@ class _Files(Dataset):
         labels: Sequence[int],
         size: int,
         train: bool,
-        color_jitter: bool,
+        color_jitter: float,
     ) -> None:
         self.root, self.paths, self.labels = root, paths, labels
         self.size, self.train, self.color_jitter = size, train, color_jitter
@@ -759,7 +840,9 @@ class FileSource:
         labels: (N,) labels.
         size: side of the square network input.
         mean, std: per-channel normalisation of images scaled to [0, 1].
-        color_jitter: add ColorJitter(0.4, 0.4, 0.4, 0) in training.
+        color_jitter: strength s of ColorJitter(s, s, s, 0) in training (0: none); the family's
+            default is in ``dataset.json``, ``pretrain.color_jitter`` / ``finetune.color_jitter``
+            override it through :meth:`set_color_jitter`.
         workers: DataLoader worker processes (0: decode in this process).
         device: where batches are produced.
     """
@@ -775,15 +858,21 @@ class FileSource:
         size: int,
         mean: Sequence[float],
         std: Sequence[float],
-        color_jitter: bool,
+        color_jitter: float,
         workers: int,
         device: torch.device,
     ) -> None:
         self.root, self.paths = Path(root), list(paths)
         self.labels = labels.to(torch.int64).cpu()
-        self.size, self.color_jitter, self.workers = size, color_jitter, workers
+        self.size, self.color_jitter, self.workers = size, float(color_jitter), workers
         self.mean, self.std = tuple(mean), tuple(std)
         self.device = device
+
+    def set_color_jitter(self, strength: float) -> None:
+        """Train with ColorJitter(s, s, s, 0) of strength ``strength`` (0: none)."""
+        if not 0 <= strength < float("inf"):
+            raise ValueError(f"color_jitter: expected a number >= 0; got {strength!r}")
+        self.color_jitter = float(strength)
 
     def __len__(self) -> int:
         return len(self.labels)
