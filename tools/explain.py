@@ -249,11 +249,14 @@ def phase(cfg: Config, stage: str, counts: Counts, offset: int = 0) -> Phase:
 
 
 def phases(cfg: Config) -> list[Phase]:
-    """The phases that train: pretrain, and finetune unless its mode trains nothing."""
+    """The phases that train: pretrain (unless ``pretrain.mode: weights`` only loads
+    ``model.weights``), and finetune unless its mode trains nothing."""
     counts = class_counts(cfg)
-    out = [phase(cfg, "pretrain", counts)]
+    out = []
+    if getattr(cfg.pretrain, "mode", "train") == "train":  # weights: loaded, not trained
+        out.append(phase(cfg, "pretrain", counts))
     if cfg.finetune.mode not in ("none", "tau_norm"):
-        carried = out[0].steps if cfg.finetune.optimizer == "continue" else 0
+        carried = out[0].steps if out and cfg.finetune.optimizer == "continue" else 0
         out.append(phase(cfg, "finetune", counts, carried))
     return out
 
@@ -354,6 +357,8 @@ def describe(cfg: Config) -> list[str]:
         *(f"split: {s}" for s in splits(cfg)),
     ]
     ft = cfg.finetune
+    if getattr(cfg.pretrain, "mode", "train") != "train":
+        lines.append(f"pretrain: mode {cfg.pretrain.mode}: model.weights passed through, no step")
     for p in phases(cfg):
         section = cfg.pretrain if p.name == "pretrain" else cfg.finetune
         loss = cfg.pretrain.loss if p.name == "pretrain" else cfg.loss
