@@ -1,5 +1,5 @@
-"""The recipe registry (recipes/*.yaml, loaded by tools/recipes.py): it parses, every row validates,
-docs/recipes.md agrees, and the loader refuses malformed files.
+"""The recipe registry (tools/recipes/*.yaml, loaded by tools/recipes.py): it parses, every row
+validates, docs/recipes.md agrees, and the loader refuses malformed files.
 
 Each row's params go through DVC's own override code (``to_path_overrides``, then
 ``apply_overrides``: Hydra's grammar on a copy of ``params.yaml``, where a key absent from the file
