@@ -43,6 +43,7 @@ class Counts:
     source: str
     exact_profile: bool = True  # false: only N, C, the largest and smallest class are published
     smallest_known: bool = True  # false: the smallest class is not published either
+    largest_known: bool = True
 
     @property
     def n(self) -> int:
@@ -125,7 +126,13 @@ def _filled(p: Published) -> Counts:
     k = p.classes - len(ends)
     middle = [rest // k + (i < rest % k) for i in range(k)]
     counts = ([p.n_max] if p.n_max else []) + middle + ([p.n_min] if p.n_min else [])
-    return Counts(tuple(counts), p.source, exact_profile=False, smallest_known=p.n_min is not None)
+    return Counts(
+        tuple(counts),
+        p.source,
+        exact_profile=False,
+        smallest_known=p.n_min is not None,
+        largest_known=p.n_max is not None,
+    )
 
 
 # ---------------------------------------------------------------------------------- resolution
@@ -310,6 +317,10 @@ def augmentation(cfg: Config, stage: str) -> str:
     if stage == "finetune" and not cfg.finetune.augment:
         return "none (finetune.augment: false)"
     text = section.policy
+    if cfg.data.name in ("egtea", "moving_digits"):
+        return (
+            "the clip augmentation of longtail.data.video (random square crop, ±10° rotation, flip)"
+        )
     jitter = getattr(section, "color_jitter", None)
     if cfg.data.name in ("imagenet_lt", "places_lt", "inat2018"):
         from longtail.data.imagelist import JITTER, SPECS
@@ -344,14 +355,16 @@ def splits(cfg: Config) -> list[str]:
 def describe(cfg: Config) -> list[str]:
     """The lines of ``--explain`` for one resolved config."""
     counts = class_counts(cfg)
+    from stages.common import arch
+
     head = cfg.model.classifier + ("" if cfg.model.bias_init == "default" else ", prior bias")
     lines = [
-        f"data: {cfg.data.name}, N = {counts.n:,} training images, C = {len(counts.per_class)}, "
-        f"largest class {max(counts.per_class):,}"
+        f"data: {cfg.data.name}, N = {counts.n:,} training images, C = {len(counts.per_class)}"
+        + (f", largest class {max(counts.per_class):,}" if counts.largest_known else "")
         + (f", smallest {min(counts.per_class):,}" if counts.smallest_known else "")
         + f" [{counts.source}]",
         f"normalisation: {normalisation(cfg)}",
-        f"network: {cfg.model.arch}, {head} classifier"
+        f"network: {arch(cfg)}, {head} classifier"
         + (f", initialised from {cfg.model.weights}" if cfg.model.weights else ""),
         f"selection: train.keep {cfg.train.keep}",
         *(f"split: {s}" for s in splits(cfg)),
