@@ -301,9 +301,8 @@ def normalisation(cfg: Config) -> str:
         from longtail.data.imagelist import SPECS
 
         s = SPECS[name]
-        return (
-            f"mean {tuple(round(v, 4) for v in s.mean)} / std {tuple(round(v, 4) for v in s.std)}"
-        )
+        mean, std = tuple(round(v, 4) for v in s.mean), tuple(round(v, 4) for v in s.std)
+        return f"mean {mean} / std {std} (longtail.data.imagelist.SPECS)"
     if name in ("egtea", "moving_digits"):
         from longtail.data.video import KINETICS_MEAN
 
