@@ -180,16 +180,38 @@ class Phase:
         return self.epochs * self.epoch_length
 
 
+def finetune_sampler(cfg: Config) -> str:
+    """The sampler finetune's loop uses, as the mode says (LWS: class-balanced by definition)."""
+    ft = cfg.finetune
+    if hasattr(ft, "stage_sampler"):
+        return ft.stage_sampler()
+    from longtail import modes  # a mode registry that describes itself
+
+    return modes.get(ft.mode).sampler(cfg)
+
+
+def finetune_trains(cfg: Config) -> bool:
+    """Whether finetune runs the training loop (not ``none``, ``tau_norm``, ...)."""
+    try:
+        from longtail import modes
+    except ImportError:
+        return cfg.finetune.mode not in ("none", "tau_norm")
+    return modes.get(cfg.finetune.mode).trains(cfg)
+
+
 def _sampler(cfg: Config, stage: str, labels: torch.Tensor, classes: int) -> Any:
-    """The stage's sampler, built as ``stages/common.train_stage`` builds it."""
-    import longtail.meta  # noqa: F401  (registers the meta sampler)
+    """The stage's sampler, built as the training stages build it."""
     from longtail import samplers
+    from longtail.meta import MetaSampler
 
     section = cfg.pretrain if stage == "pretrain" else cfg.finetune
-    name = section.sampler if stage == "pretrain" else cfg.finetune.stage_sampler()
+    name = section.sampler if stage == "pretrain" else finetune_sampler(cfg)
+    if name == "meta":  # BALMS's learnable sampler and its options
+        ft = cfg.finetune
+        return MetaSampler(
+            labels, seed=cfg.seed, num_classes=classes, init_pow=ft.meta_init_pow, lr=ft.meta_lr
+        )
     options = samplers.stage_options(name, samples_per_class=section.samples_per_class)
-    if name == "meta":  # longtail/decouple.py: the meta sampler's options
-        options.update(init_pow=cfg.finetune.meta_init_pow, lr=cfg.finetune.meta_lr)
     return samplers.create(name, labels, seed=cfg.seed, num_classes=classes, **options)
 
 
@@ -262,7 +284,7 @@ def phases(cfg: Config) -> list[Phase]:
     out = []
     if getattr(cfg.pretrain, "mode", "train") == "train":  # weights: loaded, not trained
         out.append(phase(cfg, "pretrain", counts))
-    if cfg.finetune.mode not in ("none", "tau_norm"):
+    if finetune_trains(cfg):
         carried = out[0].steps if out and cfg.finetune.optimizer == "continue" else 0
         out.append(phase(cfg, "finetune", counts, carried))
     return out
@@ -307,7 +329,10 @@ def normalisation(cfg: Config) -> str:
         from longtail.data.video import KINETICS_MEAN
 
         mean = tuple(round(v * 255, 4) for v in KINETICS_MEAN)
-        return f"RGB on the 0-255 scale minus the Kinetics mean {mean} (longtail.data.video)"
+        channels = getattr(cfg.frames, "channels", "rgb").upper()  # frames.channels, normalize:
+        if getattr(cfg.frames, "normalize", "dataset") == "none":  # EGTEA input options
+            return f"{channels} on the 0-255 scale, no mean subtracted (frames.normalize: none)"
+        return f"{channels} on the 0-255 scale minus the Kinetics mean {mean} (longtail.data.video)"
     return "the training pixels' mean and std (dataset.json)"
 
 
@@ -338,7 +363,7 @@ def splits(cfg: Config) -> list[str]:
     draws = getattr(cfg.data, "draws", "shared")
     out = [f"pretrain trains on {phase_split(draws, 'pretrain')}"]
     ft = cfg.finetune
-    if ft.mode not in ("none", "tau_norm"):
+    if finetune_trains(cfg):
         out.append(f"finetune trains on {phase_split(draws, 'finetune')}")
     if ft.mode == "classifier" and ft.sampler == "meta":
         meta = phase_split(draws, "meta") if ft.meta_source == "train" else "val"
@@ -354,6 +379,7 @@ def splits(cfg: Config) -> list[str]:
 def describe(cfg: Config) -> list[str]:
     """The lines of ``--explain`` for one resolved config."""
     counts = class_counts(cfg)
+    from longtail import losses
     from stages.common import arch
 
     head = cfg.model.classifier + ("" if cfg.model.bias_init == "default" else ", prior bias")
@@ -374,18 +400,24 @@ def describe(cfg: Config) -> list[str]:
     for p in phases(cfg):
         section = cfg.pretrain if p.name == "pretrain" else cfg.finetune
         loss = cfg.pretrain.loss if p.name == "pretrain" else cfg.loss
-        options = ", ".join(f"{k} {v}" for k, v in loss.kwargs().items())
-        bn = "train mode (every BatchNorm)" if p.name == "pretrain" else BN[ft.mode]
+        taken = losses.option_names(loss.name)
+        options = ", ".join(f"{k} {v}" for k, v in loss.options.items() if k in taken)
+        bn = (
+            "train mode (every BatchNorm)"
+            if p.name == "pretrain"
+            else BN.get(ft.mode, "backbone_bn")
+        )
         if bn == "backbone_bn":
             bn = BACKBONE_BN[ft.backbone_bn]
         lines += [
-            f"{p.name}:" + ("" if p.name == "pretrain" else f" mode {ft.mode}: {HEAD[ft.mode]}"),
+            f"{p.name}:"
+            + ("" if p.name == "pretrain" else f" mode {ft.mode}: {HEAD.get(ft.mode, ft.mode)}"),
             f"  optimiser steps: {p.steps:,} = {p.epochs} epochs × {p.steps_per_epoch:,} steps "
             f"(batch {p.batch_size}, an epoch = {p.epoch_length:,} draws)",
             f"  images drawn: {p.images:,}"
             + ("" if p.rarest_draws is None else f"; rarest class: {p.rarest_draws:,.0f} draws")
             + (" (at the meta sampler's initial logits)" if p.sampler == "MetaSampler" else ""),
-            f"  sampler: {section.sampler if p.name == 'pretrain' else ft.stage_sampler()}, "
+            f"  sampler: {section.sampler if p.name == 'pretrain' else finetune_sampler(cfg)}, "
             f"{section.samples_per_class} per class visit",
             f"  LR: {section.optim.lr:g} ({p.lr_rule}); "
             + ", ".join(f"{k} {v:.4g}" for k, v in p.lr.items()),
@@ -393,8 +425,8 @@ def describe(cfg: Config) -> list[str]:
             f"  augmentation: {augmentation(cfg, p.name)}",
             f"  loss: {loss.name}" + (f" ({options})" if options else ""),
         ]
-    if ft.mode in ("none", "tau_norm"):
-        lines.append(f"finetune: mode {ft.mode}: {HEAD[ft.mode]}")
+    if not finetune_trains(cfg):
+        lines.append(f"finetune: mode {ft.mode}: {HEAD.get(ft.mode, 'no training step')}")
     return lines
 
 
