@@ -73,6 +73,7 @@ class DataConfig:
     name: str = "digits"
     seed: int = _check(0, ge=0)
     subset: str = "ldam"
+    draws: Literal["shared", "per_phase"] = "shared"  # per_phase: BALMS CIFAR, docs/protocol.md
     root: str | None = None
     archive: str | None = None
     md5: str | None = "auto"
@@ -144,6 +145,8 @@ class OptimConfig:
     lr_decay: float = _check(0.1, gt=0, le=1)
     warmup_epochs: int = _check(0, ge=0)
     bias_decay: bool = True  # false: no weight decay on the classifier bias (CDB-CE's CIFAR code)
+    # When the LR changes: every step, or once per epoch (train.lr_factor; docs/protocol.md)
+    lr_update: Literal["step", "epoch", "epoch_prestep"] = "step"
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,7 @@ class PretrainConfig:
     sampler: str = "instance"
     samples_per_class: int = _check(1, ge=1)
     policy: str = "crop_flip"
+    color_jitter: float | None = _check(None, ge=0)  # None: the family's; 0: none (FBL)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -194,6 +198,7 @@ class FinetuneConfig:
     samples_per_class: int = _check(1, ge=1)
     augment: bool = True
     policy: str = "crop_flip"
+    color_jitter: float | None = _check(None, ge=0)  # None: the family's; 0: none (FBL)
     backbone_bn: str = "frozen"
     optimizer: Literal["fresh", "continue"] = "fresh"
     tau_norm: float | str | tuple[float, ...] = "sweep"

@@ -138,18 +138,27 @@ def build_sampler(
 def trainer_for(plan: Plan, stage: Stage) -> Any:
     """The Trainer of ``plan`` in ``stage``, its sources adapted and its step attached."""
     from longtail import losses
-    from longtail.data.augment import use_policy
+    from longtail.data.augment import use_color_jitter, use_policy
+    from longtail.data.imbalance import phase_split
     from longtail.train import Checkpointer, Trainer
 
     cfg, world = stage.cfg, stage.world
-    train_src, val_src = stage.open_split("train"), stage.open_split("val")
+    train_src = stage.open_split(phase_split(cfg.data.draws, stage.name))
+    val_src = stage.open_split("val")
     loss = losses.create(plan.loss.name, stage.counts, **losses.kwargs(plan.loss))
     if getattr(loss, "requires_val", False) and len(val_src) == 0:
         raise ValueError(
             f"{stage.name}: loss {plan.loss.name} needs a val split (set data.val_per_class > 0)"
         )
+    # data.draws: per_phase gives the BALMS meta set drawn from train its own draw (longtail.meta).
+    meta_draw = None
+    train_meta = plan.step is not None and getattr(stage.section, "meta_source", None) == "train"
+    if train_meta and cfg.data.draws == "per_phase":
+        meta_draw = stage.open_split(phase_split(cfg.data.draws, "meta"))
     try:
-        use_policy(train_src, stage.section.policy, f"{stage.name}.policy")
+        for source in (train_src,) if meta_draw is None else (train_src, meta_draw):
+            use_policy(source, stage.section.policy, f"{stage.name}.policy")
+            use_color_jitter(source, stage.section.color_jitter, f"{stage.name}.color_jitter")
     except ValueError as err:
         raise ConfigError(str(err)) from None
     sampler = build_sampler(
@@ -189,6 +198,8 @@ def trainer_for(plan: Plan, stage: Stage) -> Any:
         sync_bn=cfg.dist.sync_bn,
         carry=stage.carry,
     )
+    if meta_draw is not None:
+        trainer.meta_draw = meta_draw
     if plan.step is not None:
         plan.step.attach(trainer)
     return trainer

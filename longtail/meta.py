@@ -54,6 +54,7 @@ the same Adam step, and the logits stay identical on every rank without a broadc
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -84,8 +85,27 @@ __all__ = [
 # Where the meta batches come from (``finetune.meta_source``): a trainer's source by name.
 META_SOURCES: dict[str, Callable[[Any], Source]] = {
     "val": lambda trainer: trainer.val_source,
-    "train": lambda trainer: trainer.train_source,
+    "train": lambda trainer: _train_meta_set(trainer),
 }
+
+
+def _train_meta_set(trainer: Any) -> Source:
+    """``train`` as the meta set: the training source, or under ``data.draws: per_phase`` the meta
+    phase's own draw (``trainer.meta_draw``, set by the stage) behind the same wrappers."""
+    draw = getattr(trainer, "meta_draw", None)
+    return trainer.train_source if draw is None else _rewrapped(trainer.train_source, draw)
+
+
+def _rewrapped(wrapper: Any, inner: Source) -> Source:
+    """A copy of a chain of source wrappers (frozen features, ...) around another ``inner``."""
+    if not hasattr(wrapper, "source"):
+        return inner
+    view = copy.copy(wrapper)
+    view.source = _rewrapped(wrapper.source, inner)
+    view.labels = view.source.labels
+    if hasattr(view, "_cache"):
+        view._cache = None  # features of the wrapped images, computed again for the new ones
+    return view
 
 
 def meta_set(name: str, trainer: Any) -> Source:

@@ -79,14 +79,23 @@ def build_optimizer(
 def lr_factor(step: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
     """Multiplier of the base LR at optimiser step ``step`` (linear warmup, then the schedule).
 
-    Warmup ramps linearly over ``warmup_epochs`` (LDAM-DRW / BALMS warm up for 5 epochs); the step
-    schedule multiplies by ``lr_decay`` at each epoch in ``milestones``; cosine anneals to zero over
-    the epochs after warmup.
+    ``cfg.lr_update`` says when the LR changes. ``step``: every optimiser step; warmup ramps
+    linearly from 1 / (warmup_epochs × steps per epoch) to 1. ``epoch``: once per epoch, as a
+    scheduler stepped after each epoch (LDAM-DRW's ``adjust_learning_rate``, CDB-CE's
+    MultiStepLR, torch's CosineAnnealingLR): epoch e holds the value at e, warmup epoch e holds
+    (e + 1) / warmup_epochs. ``epoch_prestep``: a scheduler stepped *before* each epoch
+    (classifier-balancing's and BALMS's ``run_networks.py``): epoch e holds the value at e + 1.
+    The step schedule multiplies by ``lr_decay`` at each epoch in ``milestones``; cosine anneals
+    to zero over the epochs after warmup.
     """
     epoch = step / steps_per_epoch
+    if cfg.lr_update != "step":
+        epoch = step // steps_per_epoch + (cfg.lr_update == "epoch_prestep")
     warm = cfg.warmup_epochs
     if warm > 0 and epoch < warm:
-        return (step + 1) / (warm * steps_per_epoch)
+        if cfg.lr_update == "step":
+            return (step + 1) / (warm * steps_per_epoch)
+        return (epoch + 1) / warm
     if cfg.schedule == "step":
         return cfg.lr_decay ** sum(epoch >= m for m in cfg.milestones)
     if cfg.schedule == "cosine":

@@ -31,6 +31,7 @@ CONTINUED_KEYS = (
     "lr_decay",
     "warmup_epochs",
     "bias_decay",
+    "lr_update",
 )
 
 
@@ -54,6 +55,7 @@ def check(config: Config, training: bool = True) -> None:
     _check_data(config)
     _check_mode_name(config)
     _check_continue(config)
+    _check_lr_update(config)
     if training:
         _check_training(config)
 
@@ -66,6 +68,43 @@ def _check_data(config: Config) -> None:
     _named("data.name", config.data.name, data.names())
     _named("data.subset", config.data.subset, imbalance.SUBSETS)
     _named("data.profile", config.data.profile, imbalance.PROFILES)
+    _check_draws(config)
+
+
+def _check_draws(config: Config) -> None:
+    """``data.draws: per_phase`` needs a family whose training split is a seeded draw."""
+    from longtail.data.imbalance import DRAWN_FAMILIES
+
+    cfg = config.data
+    if cfg.draws == "shared":
+        return
+    if cfg.name not in DRAWN_FAMILIES:
+        _fail(
+            "data.draws",
+            f"shared for {cfg.name} (its training images are published lists or clips, not a "
+            f"seeded draw; per_phase is for {', '.join(DRAWN_FAMILIES)})",
+            cfg.draws,
+        )
+    if cfg.subset == "cdb" and cfg.name != "digits":
+        _fail(
+            "data.draws",
+            "shared with data.subset: cdb (CDB-CE's images are in file order: every draw would "
+            "be the same)",
+            cfg.draws,
+        )
+
+
+def _check_lr_update(config: Config) -> None:
+    """``epoch_prestep`` steps a scheduler before each epoch; no reference warms up that way."""
+    for stage in ("pretrain", "finetune"):
+        optim = getattr(config, stage).optim
+        if optim.lr_update == "epoch_prestep" and optim.warmup_epochs > 0:
+            _fail(
+                f"{stage}.warmup_epochs",
+                f"0 with {stage}.lr_update: epoch_prestep (classifier-balancing's scheduler, "
+                "stepped before each epoch, has no warmup; use lr_update: epoch for LDAM-DRW's)",
+                optim.warmup_epochs,
+            )
 
 
 def _check_mode_name(config: Config) -> None:

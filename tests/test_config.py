@@ -52,6 +52,18 @@ def test_loss_options_only_reach_the_loss_that_takes_them() -> None:
         ({"finetune": {"sampler": "lucky"}}, "finetune.sampler: expected one of instance"),
         ({"model": {"arch": "vgg"}}, "model.arch: expected one of auto, "),
         ({"pretrain": {"loss": {"name": "focal", "gamma": -1}}}, "pretrain.loss.gamma"),
+        ({"finetune": {"lr_update": "batch"}}, "finetune.lr_update: expected one of step, epoch"),
+        (
+            {"pretrain": {"lr_update": "epoch_prestep", "warmup_epochs": 5}},
+            "pretrain.warmup_epochs: expected 0 with pretrain.lr_update: epoch_prestep",
+        ),
+        (
+            {
+                "pretrain": {"schedule": "step", "lr_update": "epoch"},
+                "finetune": {"schedule": "step", "optimizer": "continue"},
+            },
+            "finetune.lr_update: expected pretrain.lr_update's value 'epoch'",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(raw: dict, message: str) -> None:

@@ -21,7 +21,7 @@ from torchvision.io import decode_image
 
 from longtail.config import DataConfig, FramesConfig, ListsConfig
 from longtail.data import base, imagelist
-from longtail.data.augment import normalize
+from longtail.data.augment import normalize, use_color_jitter
 
 CLASSES = ("cat", "dog", "emu")
 SIZE = 32
@@ -143,6 +143,62 @@ def test_augmentation_follows_the_generator_not_the_workers(tree: tuple, tmp_pat
     assert not torch.equal(first, epoch(1, 0))
 
 
+def test_color_jitter_policy(tree: tuple, tmp_path: Path) -> None:
+    """ImageNet-LT jitters colour by default; ``color_jitter: 0`` (FBL) is the pipeline without
+    the jitter step, draw for draw; a strength changes the colour statistics of the batches."""
+    root, _ = tree
+    prepared = download_and_prepare(
+        DataConfig(name="imagenet_lt", root=str(root), image_size=SIZE), tmp_path
+    )
+    assert json.loads((prepared / "dataset.json").read_text())["color_jitter"] == 0.4
+
+    def epoch(strength: float | None) -> torch.Tensor:
+        source = base.get("imagenet_lt").open(context(prepared), "train")
+        use_color_jitter(source, strength, "pretrain.color_jitter")
+        gen = torch.Generator().manual_seed(0)
+        return torch.cat(
+            [x for x, _ in source.batches(torch.arange(6), 6, train=True, generator=gen)]
+        )
+
+    # the same epoch without jitter: crop and flip only, with the generator's same draws (one
+    # augmentation seed per position, as FileSource.batches draws them)
+    source = base.get("imagenet_lt").open(context(prepared), "train")
+    seeds = torch.randint(0, 2**62, (6,), generator=torch.Generator().manual_seed(0)).tolist()
+    plain = torch.stack(
+        [
+            imagelist.train_transform(
+                decode_image(str(root / p)), SIZE, 0.0, torch.Generator().manual_seed(seed)
+            )
+            for p, seed in zip(source.paths, seeds, strict=True)
+        ]
+    )
+    plain = normalize(plain, imagelist.IMAGENET_MEAN, imagelist.IMAGENET_STD)
+    off, default, weak = epoch(0), epoch(None), epoch(0.4)
+    assert torch.equal(off, plain)
+    assert torch.equal(default, weak)  # null: the family's 0.4
+    per_image = (0, 2, 3)  # the colour statistics: per-image, per-channel means and spreads
+    assert not torch.allclose(default.mean(per_image), off.mean(per_image), atol=1e-3)
+    assert not torch.allclose(default.std(per_image), off.std(per_image), atol=1e-3)
+
+
+def test_color_jitter_needs_a_jitter_step() -> None:
+    from longtail.data.base import TensorSource
+
+    source = TensorSource(
+        torch.zeros(2, 3, 4, 4, dtype=torch.uint8),
+        torch.tensor([0, 1]),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        padding=1,
+        flip=True,
+        device=torch.device("cpu"),
+    )
+    use_color_jitter(source, None, "finetune.color_jitter")  # the family's: nothing to change
+    use_color_jitter(source, 0.0, "finetune.color_jitter")  # none: what it does already
+    with pytest.raises(ValueError, match=r"finetune\.color_jitter: expected null or 0 for "):
+        use_color_jitter(source, 0.4, "finetune.color_jitter")
+
+
 def test_missing_image_is_reported(tree: tuple, tmp_path: Path) -> None:
     root, splits = tree
     (root / splits["train"][1][0]).unlink()
@@ -208,7 +264,7 @@ def test_inat_uses_official_val_as_test_and_has_no_val(tree: tuple, tmp_path: Pa
     assert pd.read_csv(prepared / "test.csv")["path"].tolist() == [p for p, _ in tree[1]["test"]]
     info = json.loads((prepared / "dataset.json").read_text())
     assert info["has_val"] is False and info["mean"] == list(imagelist.INAT_MEAN)
-    assert info["color_jitter"] is False
+    assert info["color_jitter"] == 0.0
     source = base.get("inat2018").open(context(prepared), "val")
     batches = source.batches(torch.arange(0), 4, train=False, generator=torch.Generator())
     assert len(source) == 0 and list(batches) == []
@@ -275,15 +331,15 @@ def test_resized_crop_box_is_torchvisions(shape: tuple[int, int]) -> None:
         assert imagelist.resized_crop_box(*shape, torch.Generator().manual_seed(seed)) == expected
 
 
-@pytest.mark.parametrize("jitter", [False, True])
-def test_train_transform_is_torchvisions(jitter: bool) -> None:
+@pytest.mark.parametrize("jitter", [0.0, 0.4, 0.2, 1.5])
+def test_train_transform_is_torchvisions(jitter: float) -> None:
     """Same seed, same output as torchvision's v2 transforms drawing from the global RNG."""
     from torchvision.transforms import v2
 
     image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
     reference = v2.Compose(
         [v2.RandomResizedCrop(24), v2.RandomHorizontalFlip()]
-        + ([v2.ColorJitter(0.4, 0.4, 0.4, 0)] if jitter else [])
+        + ([v2.ColorJitter(jitter, jitter, jitter, 0)] if jitter else [])
     )
     for seed in range(20):
         with torch.random.fork_rng():  # the global RNG is restored afterwards
@@ -300,7 +356,7 @@ def test_resized_crop_box_falls_back_to_a_centre_crop() -> None:
 
 def test_train_transform_shape() -> None:
     image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
-    out = imagelist.train_transform(image, 24, True, torch.Generator().manual_seed(0))
+    out = imagelist.train_transform(image, 24, 0.4, torch.Generator().manual_seed(0))
     assert out.shape == (3, 24, 24) and out.dtype == torch.uint8
 
 

@@ -1,5 +1,6 @@
 """Image lists (classifier-balancing format): disjoint splits, labels in range, every class trained,
-and whether the lists are the published ones (ImageNet-LT, Places-LT, iNaturalist 2018 line counts).
+and whether the lists are the published ones (ImageNet-LT, Places-LT, iNaturalist 2018: the list
+file's md5 where a reference ships the file, else its per-class histogram).
 
 Real JPEGs and list files are written in the tests; ``inject_imbalance``'s ``prepare`` must refuse
 a val list that is really the test list, before any training.
@@ -7,15 +8,16 @@ a val list that is really the test list, before any training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from fakes import make_image_tree, make_list_files
 
+from longtail import io
 from longtail.config import DataConfig, ListsConfig
 from longtail.data import imagelist
 
@@ -80,29 +82,97 @@ def test_disjoint_lists_pass_and_are_not_the_published_ones(
     assert published["match"] is False
     assert published["lines"]["train"] == {"given": 6, "published": 115_846}
     assert published["lines"]["test"] == {"given": 3, "published": 50_000}
-    assert (
-        "imagenet_lt: the lists do NOT match the published line counts" in capsys.readouterr().out
-    )
+    assert published["lists"]["train"] == {
+        "checked": "histogram",  # no reference ships ImageNet_LT_train.txt
+        "given": [3, 6, 3, 1],
+        "published": [1000, 115_846, 1280, 5],
+        "match": False,
+    }
+    assert published["lists"]["test"]["checked"] == "md5"
+    assert published["lists"]["test"]["published"] == "5f5f97c738923e877c5c78accce6744f"
+    assert "imagenet_lt: the lists are NOT the published ones" in capsys.readouterr().out
     assert info["val_source"] == "list"
 
 
 @pytest.mark.parametrize(
-    ("name", "lines", "classes"),
+    ("name", "lines", "classes", "by_md5"),
     [
-        ("imagenet_lt", {"train": 115_846, "val": 20_000, "test": 50_000}, 1000),
-        ("places_lt", {"train": 62_500, "val": 7_300, "test": 36_500}, 365),
-        ("inat2018", {"train": 437_513, "test": 24_426}, 8_142),
+        ("imagenet_lt", {"train": 115_846, "val": 20_000, "test": 50_000}, 1000, {"val", "test"}),
+        (
+            "places_lt",
+            {"train": 62_500, "val": 7_300, "test": 36_500},
+            365,
+            {"train", "val", "test"},
+        ),
+        ("inat2018", {"train": 437_513, "test": 24_426}, 8_142, {"test"}),
     ],
 )
-def test_published_line_counts(name: str, lines: dict[str, int], classes: int) -> None:
+def test_published_lists_record(
+    name: str, lines: dict[str, int], classes: int, by_md5: set[str]
+) -> None:
+    """Line counts, class counts, and for every published list an md5 or a histogram summary
+    that agrees with them (the md5s: the files classifier-balancing and BALMS ship)."""
     spec = imagelist.SPECS[name]
     assert (spec.lines, spec.classes) == (lines, classes)
-    frames = {s: pd.DataFrame({"label": np.zeros(n, dtype=np.int64)}) for s, n in lines.items()}
-    assert imagelist.published_lines(spec, frames)["match"] is True
-    frames["train"] = frames["train"].iloc[:-1]
-    result = imagelist.published_lines(spec, frames)
-    assert result["match"] is False
-    assert f"train {lines['train'] - 1:,} (published {lines['train']:,})" in result["summary"]
+    assert set(spec.md5) == by_md5 and set(spec.md5) | set(spec.histogram) == set(lines)
+    for split, (n_classes, images, largest, smallest) in spec.histogram.items():
+        assert (n_classes, images) == (classes, lines[split]) and largest >= smallest >= 1
+
+
+def tiny_published(monkeypatch: pytest.MonkeyPatch, files: dict[str, Path]) -> None:
+    """Make ``files`` ImageNet-LT's published lists: val and test known by md5, train by its
+    histogram, as for the real dataset."""
+    spec = imagelist.SPECS["imagenet_lt"]
+    rows = {s: imagelist.parse_list(f) for s, f in files.items()}
+    labels = np.array([label for _, label in rows["train"]])
+    tiny = dataclasses.replace(
+        spec,
+        classes=3,
+        lines={s: len(r) for s, r in rows.items()},
+        md5={s: io.md5sum(files[s]) for s in ("val", "test")},
+        histogram={"train": imagelist.histogram_summary(labels)},
+    )
+    monkeypatch.setitem(imagelist.SPECS, "imagenet_lt", tiny)
+
+
+def test_a_same_length_list_with_a_foreign_line_is_not_published(
+    tree: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, splits = tree
+    published = lists(tmp_path, splits)
+    tiny_published(monkeypatch, published)
+    info = json.loads((prepare(root, published, tmp_path / "a") / "dataset.json").read_text())
+    assert info["published_lists"]["match"] is True
+    assert {s: c["checked"] for s, c in info["published_lists"]["lists"].items()} == {
+        "train": "histogram",
+        "val": "md5",
+        "test": "md5",
+    }
+    # one test line swapped for another image of the same class: same length, same histogram
+    foreign = make_image_tree(root / "more", ("cat",), per_class=1, size=(8, 8), seed=5)
+    test = [(f"more/{foreign['cat'][0]}", 0), *splits["test"][1:]]
+    changed = make_list_files(tmp_path / "changed", {**splits, "test": test})
+    info = json.loads((prepare(root, changed, tmp_path / "b") / "dataset.json").read_text())
+    record = info["published_lists"]
+    assert record["match"] is False
+    assert record["lines"]["test"] == {"given": 3, "published": 3}
+    assert record["lists"]["test"]["match"] is False
+    assert record["lists"]["test"]["given"] == io.md5sum(changed["test"])
+
+
+def test_a_train_list_with_another_histogram_is_not_published(
+    tree: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, splits = tree
+    tiny_published(monkeypatch, lists(tmp_path, splits))
+    # same length, one cat image relabelled emu: 2 / 2 / 2 images instead of 3 / 2 / 1
+    (path, _), rest = splits["train"][0], splits["train"][1:]
+    files = lists(tmp_path / "relabelled", {**splits, "train": [(path, 2), *rest]})
+    record = json.loads((prepare(root, files, tmp_path) / "dataset.json").read_text())
+    train = record["published_lists"]["lists"]["train"]
+    assert train["checked"] == "histogram" and train["match"] is False
+    assert (train["given"], train["published"]) == ([3, 6, 2, 2], [3, 6, 3, 1])
+    assert record["published_lists"]["match"] is False
 
 
 def test_label_out_of_range_names_its_list(tree: tuple, tmp_path: Path) -> None:

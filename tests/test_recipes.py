@@ -1,4 +1,5 @@
-"""The recipe registry (tools/recipes.py): it parses, every row validates, docs/recipes.md agrees.
+"""The recipe registry (tools/recipes/*.yaml, loaded by tools/recipes.py): it parses, every row
+validates, docs/recipes.md agrees, and the loader refuses malformed files.
 
 Each row's params go through DVC's own override code (``to_path_overrides``, then
 ``apply_overrides``: Hydra's grammar on a copy of ``params.yaml``, where a key absent from the file
@@ -208,3 +209,101 @@ def test_a_cdb_recipe_without_val_is_caught(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match=re.escape("need data.val_per_class > 0")):
         check_needs(load(apply_one(sets, tmp_path)))
     assert [load(p).seed for p in apply(["seed=0,1,2"], tmp_path / "sweep")] == [0, 1, 2]
+
+
+SHARED = """
+tables: [t]
+sources: {s: a source}
+fragments:
+  opt:
+    loss.name: required
+    finetune:
+      mode: classifier
+      sgd: {epochs: required, batch_size: 8, lr: 0.1, weight_decay: 0.0, schedule: cosine,
+            lr_update: epoch}
+lines: {shared: a shared line.}
+"""
+BASE = """
+paper: p
+params: {data: {name: cifar10, seed: 0}}
+deviations: [base line.]
+rows:
+  - {key: a, method: A, uses: [opt], params: {loss.name: ce, finetune.epochs: required}}
+"""
+TABLE = """
+extends: _b
+title: T
+source: S
+protocol: P.
+params: {data.seed: 1, model.arch: resnet32}
+rows:
+  - key: a
+    params: {finetune: {epochs: 3}}
+    published: [{source: s, top1: [50.0, 1.5], many: [60, 2], medium: [40, 0], few: [30, 3]}]
+    deviations: [{see: shared}]
+  - {key: b, method: B, params: {finetune.mode: none}}
+"""
+
+
+def write_recipes(folder: Path, shared: str = SHARED, base: str = BASE, table: str = TABLE) -> Path:
+    folder.mkdir()
+    (folder / "_shared.yaml").write_text(shared)
+    (folder / "_b.yaml").write_text(base)
+    (folder / "t.yaml").write_text(table)
+    return folder
+
+
+def test_the_loader_merges_bases_fragments_and_sgd_blocks(tmp_path: Path) -> None:
+    sources, (t,) = recipes.load(write_recipes(tmp_path / "r"))
+    assert sources == {"s": "a source"} and (t.key, t.title, t.paper) == ("t", "T", "p")
+    assert list(t.params.items()) == [
+        ("data.name", "cifar10"),
+        ("data.seed", 1),
+        ("model.arch", "resnet32"),
+    ]
+    a, b = t.rows
+    assert list(a.params.items()) == [
+        ("loss.name", "ce"),
+        ("finetune.mode", "classifier"),
+        ("finetune.epochs", 3),
+        ("finetune.batch_size", 8),
+        ("finetune.lr", 0.1),
+        ("finetune.momentum", 0.9),
+        ("finetune.nesterov", False),
+        ("finetune.weight_decay", 0.0),
+        ("finetune.schedule", "cosine"),
+        ("finetune.milestones", []),
+        ("finetune.lr_decay", 0.1),
+        ("finetune.warmup_epochs", 0),
+        ("finetune.lr_update", "epoch"),
+    ]
+    assert a.deviations == ("base line.", "a shared line.") and b.deviations == ("base line.",)
+    assert a.reference.text("top1") == "50.00 ± 1.50" and a.reference.text("few") == "30.00 ± 3.00"
+    assert dict(b.params) == {"finetune.mode": "none"} and b.published == ()
+
+
+@pytest.mark.parametrize(
+    ("where", "old", "new", "message"),
+    [
+        ("table", "title: T", "titel: T", "t.yaml: unknown key 'titel'; expected one of"),
+        ("table", "- key: a\n", "- key: a\n    sauce: x\n", "unknown key 'sauce'; expected one"),
+        ("table", "source: s, top1", "source: x, top1", "source 'x' is not one of ['s']"),
+        ("table", "{see: shared}", "{see: other}", "unknown line 'other'; expected one of"),
+        ("table", "finetune: {epochs: 3}", "finetune: {}", "expected values for ['finetune.epochs"),
+        ("table", "many: [60, 2]", "many: 60", "every metric is [mean, std] or none is"),
+        ("base", "uses: [opt]", "uses: [sgd]", "unknown fragment 'sgd'; expected one of ['opt']"),
+        ("shared", "lr: 0.1,", "rate: 0.1,", "opt: finetune.sgd: unknown key 'rate'"),
+        ("shared", "lr: 0.1,", "", "finetune.sgd: expected values for ['lr']"),
+        ("shared", "lr_update: epoch", "", "finetune.sgd: expected values for ['lr_update']"),
+        ("shared", "tables: [t]", "tables: []", "tables: expected ['t'] listed"),
+        ("table", "extends: _b", "extends: _c", "expected the recipe file"),
+    ],
+)
+def test_the_loader_refuses_bad_files(
+    where: str, old: str, new: str, message: str, tmp_path: Path
+) -> None:
+    texts = {"shared": SHARED, "base": BASE, "table": TABLE}
+    assert old in texts[where], old
+    texts[where] = texts[where].replace(old, new, 1)
+    with pytest.raises(recipes.RecipeError, match=re.escape(message)):
+        recipes.load(write_recipes(tmp_path / "r", **texts))

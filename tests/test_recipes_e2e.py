@@ -1,6 +1,6 @@
 """Every recipe of docs/recipes.md runs end to end, at tiny sizes, on data in the published formats.
 
-Each row of ``tools/recipes.py`` (the source of docs/recipes.md) runs its own params plus size and
+Each row of ``tools/recipes/*.yaml`` (docs/recipes.md's source) runs its own params plus size and
 epoch overrides only: at most one epoch per stage, small batches, no warmup, a few images per class
 (``data.n_max``, ``data.imbalance``, ``data.val_per_class`` scaled down so that every class keeps an
 image), 32-pixel images, 2 frames per clip, and the data paths of the fakes built here in the

@@ -8,6 +8,7 @@ wall-clock ``seconds``.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -76,6 +77,7 @@ def make_trainer(
     train_source: object = None,
     signature: str = "sig",
     lines: list[str] | None = None,
+    carry: dict | None = None,
     **optim: object,
 ) -> Trainer:
     options = {
@@ -102,6 +104,7 @@ def make_trainer(
         loss_name=loss.__class__.__name__ if loss is not None else "ce",
         checkpointer=Checkpointer(tmp_path / "pretrain.ckpt", signature, log=log),
         log=log,
+        carry=carry,
     )
 
 
@@ -159,6 +162,101 @@ def test_lr_factor_closed_forms() -> None:
     step = OptimConfig(epochs=6, schedule="step", milestones=(2, 4), lr_decay=0.1)
     assert [lr_factor(s, 1, step) for s in range(6)] == [1, 1, 0.1, 0.1, 0.1**2, 0.1**2]
     assert lr_factor(4, 1, OptimConfig(epochs=4, schedule="cosine")) == 0.0
+
+
+def ldam_drw_adjust_learning_rate(epoch: int, lr: float, first: int, second: int) -> float:
+    """kaidic/LDAM-DRW cifar_train.py ``adjust_learning_rate``, called with the 0-based epoch
+    before the epoch trains; its milestones 160 / 180 are ``first`` / ``second`` here."""
+    epoch = epoch + 1
+    if epoch <= 5:
+        return lr * epoch / 5
+    if epoch > second:
+        return lr * 0.0001
+    if epoch > first:
+        return lr * 0.01
+    return lr
+
+
+def step_lrs(trainer: Trainer) -> list[float]:
+    """Trains ``trainer`` and returns the LR of every optimiser step, in order."""
+    seen: list[float] = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"])
+    )
+    trainer.fit()
+    return seen
+
+
+LDAM_DRW = {"schedule": "step", "milestones": (6, 7), "lr_decay": 0.01, "warmup_epochs": 5}
+
+
+def test_per_epoch_lr_is_ldam_drws_adjust_learning_rate(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, epochs=8, lr_update="epoch", **LDAM_DRW)
+    steps = trainer.steps_per_epoch  # 48 images, batch 16: 3
+    want = [ldam_drw_adjust_learning_rate(e, 0.05, 6, 7) for e in range(8) for _ in range(steps)]
+    assert step_lrs(trainer) == pytest.approx(want, rel=1e-12, abs=0)
+    assert want[:steps] == [0.01] * steps  # warmup epoch 0 holds lr / 5, not a ramp from ~0
+
+
+def test_per_epoch_lr_carries_over_a_continued_optimizer(tmp_path: Path) -> None:
+    """DRW as one run: finetune.optimizer: continue picks the schedule up at pretrain's end."""
+    pre = make_trainer(tmp_path / "pre", epochs=6, lr_update="epoch", **LDAM_DRW)
+    first = step_lrs(pre)
+    fine = make_trainer(
+        tmp_path / "fine", epochs=2, lr_update="epoch", carry=pre.carry_state(), **LDAM_DRW
+    )
+    steps = pre.steps_per_epoch
+    want = [ldam_drw_adjust_learning_rate(e, 0.05, 6, 7) for e in range(8) for _ in range(steps)]
+    assert first + step_lrs(fine) == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def torch_schedule(make: Callable, epochs: int, before: bool) -> list[float]:
+    """Per-epoch LRs of a torch scheduler stepped once per epoch, after it or before it."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make(opt)
+    lrs = []
+    for _ in range(epochs):
+        if before:
+            opt.step()  # keeps torch from warning about the order; no gradient, nothing moves
+            sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        if not before:
+            opt.step()
+            sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("spe", [1, 4])
+def test_per_epoch_cosine_is_torchs_cosine_annealing(spe: int) -> None:
+    cos = OptimConfig(epochs=7, schedule="cosine", lr_update="epoch")
+    ours = [lr_factor(s, spe, cos) for s in range(7 * spe)]
+    annealing = torch_schedule(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7), 7, False)
+    assert ours == pytest.approx([lr for lr in annealing for _ in range(spe)], rel=1e-12, abs=1e-15)
+    # classifier-balancing steps the scheduler at the top of each epoch: epoch e runs at e + 1
+    kang = OptimConfig(epochs=7, schedule="cosine", lr_update="epoch_prestep")
+    ours = [lr_factor(s, spe, kang) for s in range(7 * spe)]
+    annealing = torch_schedule(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 7), 7, True)
+    assert ours == pytest.approx([lr for lr in annealing for _ in range(spe)], rel=1e-12, abs=1e-15)
+    assert ours[-1] == pytest.approx(0.0, abs=1e-15)  # its last epoch trains at eta_min
+
+
+def test_per_epoch_step_schedule_is_torchs_step_lr() -> None:
+    for lr_update, before in (("epoch", False), ("epoch_prestep", True)):
+        cfg = OptimConfig(epochs=9, schedule="step", milestones=(3, 6, 9), lr_update=lr_update)
+        ours = [lr_factor(s, 2, cfg) for s in range(18)]
+        step = torch_schedule(lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.1), 9, before)
+        assert ours == pytest.approx([lr for lr in step for _ in range(2)], rel=1e-12)
+
+
+def test_per_epoch_warmup_holds_each_epoch() -> None:
+    cfg = OptimConfig(epochs=6, warmup_epochs=2, schedule="cosine", lr_update="epoch")
+    ours = [lr_factor(s, 3, cfg) for s in range(18)]
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert ours == pytest.approx([f for f in [0.5, 1.0, *cosine] for _ in range(3)], rel=1e-12)
+    per_step = OptimConfig(epochs=6, warmup_epochs=2, schedule="cosine")
+    assert [lr_factor(s, 3, per_step) for s in range(6)] == pytest.approx(
+        [(s + 1) / 6 for s in range(6)]
+    )
 
 
 # ------------------------------------------------------------------------------------- resume

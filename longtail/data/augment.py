@@ -23,6 +23,13 @@ Training augmentation policies (``pretrain.policy`` / ``finetune.policy``, regis
 pipeline (jiawei-ren/BalancedMetaSoftmax-Classification, ``data/ImbalanceCIFAR.py``): crop and
 flip, then AutoAugment with the CIFAR-10 policy, then Cutout with one 16×16 hole
 (:mod:`longtail.data.autoaugment`), each image with its own draws.
+
+Colour jitter (``pretrain.color_jitter`` / ``finetune.color_jitter``, :func:`use_color_jitter`) is
+part of the policy: null keeps the dataset family's default (ImageNet-LT and Places-LT
+ColorJitter(0.4, 0.4, 0.4, 0) as classifier-balancing and BALMS, iNaturalist and the in-memory
+datasets none), a number s trains with ColorJitter(s, s, s, 0), 0 with none (FBL, whose
+``loader/dataset.py`` has the ColorJitter line of its ImageNet / iNat / Places transform commented
+out). Only sources whose transform has a jitter step (the image lists) take a strength above 0.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["POLICIES", "AutoAugmentCutout", "CropFlip", "create_policy", "normalize"]
-__all__ += ["random_crop_flip", "use_policy"]
+__all__ += ["random_crop_flip", "use_color_jitter", "use_policy"]
 
 
 def random_crop_flip(
@@ -143,6 +150,26 @@ def use_policy(source: Any, name: str, key: str) -> None:
         raise ValueError(
             f"{key}: expected crop_flip for {type(source).__name__} (its own augmentation; "
             f"{name} runs on the in-memory datasets digits, cifar10, cifar100); got {name}"
+        )
+
+
+def use_color_jitter(source: Any, strength: float | None, key: str) -> None:
+    """Give a training ``source`` ColorJitter(s, s, s, 0) of ``strength`` (None: its default).
+
+    Raises:
+        ValueError: a strength above 0 for a source without a jitter step (``set_color_jitter``).
+    """
+    if strength is None:
+        return
+    set_color_jitter: Callable[[float], None] | None = getattr(source, "set_color_jitter", None)
+    if set_color_jitter is not None:
+        set_color_jitter(strength)
+        return
+    if strength != 0:
+        raise ValueError(
+            f"{key}: expected null or 0 for {type(source).__name__} (its augmentation has no "
+            f"colour jitter; a strength runs on the image lists imagenet_lt, places_lt, "
+            f"inat2018); got {strength:g}"
         )
 
 

@@ -27,6 +27,10 @@ for CIFAR-100), which gives CDB-CE's 10,302 training images at IF 100. Without a
 ``val.csv`` is empty and ``dataset.json`` records ``has_val: false`` (BALMS on CIFAR draws its meta
 set from train: ``finetune.meta_source: train``).
 
+``data.draws: per_phase`` (BALMS's CIFAR code, :mod:`longtail.data.imbalance`) adds
+``train_finetune`` and ``train_meta``: the same rule drawn again with each phase's seed from every
+image outside val; ``cdb`` (file order, no seed) cannot draw differently and is refused with it.
+
 Normalisation: the fixed per-channel statistics of LDAM-DRW's code, (0.4914, 0.4822, 0.4465) /
 (0.2023, 0.1994, 0.2010), used there and by BALMS and FBL for both CIFAR-10 and CIFAR-100, rather
 than statistics of each LT subset, so every imbalance factor and seed sees the same input scaling.
@@ -334,6 +338,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         )
     counts = lt_counts(cfg.name, cfg, (per_class - val_pc).tolist())
     train, val = imbalance.subset(cfg.subset, train_labels, counts, val_pc, seed)
+    phases = imbalance.phase_draws(_drawer(cfg.subset, train_labels, val, counts), seed, cfg.draws)
     test = np.arange(len(test_labels))
     manifests = {
         "train": _manifest(train, train_labels),
@@ -354,12 +359,28 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "subset": cfg.subset,
         "val_per_class": val_pc,
         "data_seed": seed,
+        "draws": imbalance.draws_info(cfg.draws, train, phases),
     }
     print(
         f"{cfg.name}: subset {cfg.subset} (data.seed {seed}), {len(train)} train / {len(val)} "
         f"val / {len(test)} test images"
     )
     base.write_prepared(out_dir, manifests, class_names, info, images=images)
+    imbalance.write_phase_splits(out_dir, phases, train_labels, train_images)
+
+
+def _drawer(
+    rule: str, labels: np.ndarray, val: np.ndarray, counts: Sequence[int]
+) -> Callable[[int], np.ndarray]:
+    """One more draw of the ``rule`` subset with another seed, from every image not in val
+    (``data.draws: per_phase``; with no val hold-out, the rule on the whole train set)."""
+    pool = np.setdiff1d(np.arange(len(labels)), val)
+
+    def draw(seed: int) -> np.ndarray:
+        picked, _ = imbalance.subset(rule, labels[pool], counts, 0, seed)
+        return pool[picked]
+
+    return draw
 
 
 def _manifest(indices: np.ndarray, labels: np.ndarray) -> pd.DataFrame:

@@ -5,7 +5,10 @@ the whole pipeline runs with no network. Protocol: per class, a balanced test se
 balanced
 val set are carved out first (seeded); the exponential or step profile of LDAM-DRW / BALMS / CDB-CE
 is then applied to the rest, with ``n_max`` defaulting to the smallest remaining class so that every
-class can reach its count. Pixel values 0..16 are stored as uint8 0..255 (one array per split).
+class can reach its count. ``data.draws: per_phase``: ``finetune`` and ``meta`` each draw their own
+long-tailed subset (same counts, own seed, :mod:`longtail.data.imbalance`) from the images left
+after the test and val hold-outs. Pixel values 0..16 are stored as uint8 0..255 (one array per
+split).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from longtail import io
-from longtail.data import base
+from longtail.data import base, imbalance
 from longtail.data.imbalance import hold_out_per_class, profile_counts, select_per_class
 
 if TYPE_CHECKING:
@@ -102,6 +105,11 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
     n_max = cfg.n_max if cfg.n_max is not None else int(available.min())
     counts = profile_counts(cfg.profile, n_max, num_classes, cfg.imbalance)
     train = rest[select_per_class(labels[rest], counts, rng)]
+    phases = imbalance.phase_draws(
+        lambda s: rest[select_per_class(labels[rest], counts, np.random.default_rng(s))],
+        seed,
+        cfg.draws,
+    )
     splits = {"train": train, "val": val, "test": test}
     manifests = {
         s: pd.DataFrame({"index": np.arange(len(idx)), "source_index": idx, "label": labels[idx]})
@@ -115,6 +123,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         "mean": [float(pixels.mean())],
         "std": [float(pixels.std())],
         "data_seed": seed,
+        "draws": imbalance.draws_info(cfg.draws, train, phases),
     }
     base.write_prepared(
         out_dir,
@@ -123,6 +132,7 @@ def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
         info,
         images={s: images[idx] for s, idx in splits.items()},
     )
+    imbalance.write_phase_splits(out_dir, phases, labels, images)
 
 
 def extract(frames_cfg: object, raw_dir: Path, prepared_dir: Path, frames_dir: Path) -> None:

@@ -4,15 +4,29 @@ The exponential profile is the one of LDAM-DRW (Cao et al., NeurIPS 2019), BALMS
 NeurIPS 2020), CDB-CE (Sinha et al., ACCV 2020) and FBL (Li et al., ICME 2022): class ``c`` of ``C``
 keeps ``int(n_max * (1 / IF) ** (c / (C - 1)))`` images. The step profile (Buda et al. 2018, as in
 LDAM-DRW) keeps ``n_max`` for the first half of the classes and ``int(n_max / IF)`` for the rest.
+
+``data.draws`` says whether the training phases share one long-tailed draw (``shared``) or each
+draws its own (``per_phase``), as BALMS's CIFAR code does: it never seeds NumPy, and every
+``IMBALANCECIFAR10(phase='train')`` (BALMS ``data/ImbalanceCIFAR.py``, ``gen_imbalanced_data``:
+each class's indices shuffled by the global RNG, the first n_c kept) draws afresh, once for the
+backbone run, once for the decoupled run and once more for its meta set (``main.py``). Here the
+draws stay reproducible: ``pretrain`` keeps the shared draw of ``data.seed``, ``finetune`` and
+``meta`` draw with :func:`phase_seed`, by the same ``data.subset`` rule, from the same pool (every
+image not held out for val or test), with the same per-class counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 PROFILES = ("exp", "step")
+DRAWS = ("shared", "per_phase")
+PHASES = ("pretrain", "finetune", "meta")  # the phases that read a training set
+# Families whose training split is a seeded draw (the others read published lists or clips).
+DRAWN_FAMILIES = ("digits", "cifar10", "cifar100")
 
 
 def exp_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:
@@ -150,3 +164,62 @@ def random_subset(
     else:
         val, rest = np.zeros(0, dtype=np.int64), np.arange(len(labels))
     return rest[select_per_class(labels[rest], counts, rng)], val
+
+
+# ------------------------------------------------------------------------------ per-phase draws
+def phase_seed(seed: int, phase: str) -> int:
+    """The data seed of ``phase``'s draw under ``data.draws: per_phase``.
+
+    ``pretrain`` keeps ``seed`` (the shared draw, so the backbone's images do not change);
+    ``finetune`` and ``meta`` take the first 32-bit word of NumPy's
+    ``SeedSequence([seed, i])``, ``i`` the phase's position in :data:`PHASES` (1, 2).
+    """
+    if phase not in PHASES:
+        raise ValueError(f"phase: expected one of {', '.join(PHASES)}; got {phase!r}")
+    if phase == "pretrain":
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), PHASES.index(phase)]).generate_state(1)[0])
+
+
+def phase_split(draws: str, phase: str) -> str:
+    """The prepared split ``phase`` trains on: ``train``, or ``train_<phase>`` (per_phase)."""
+    if draws not in DRAWS:
+        raise ValueError(f"data.draws: expected one of {', '.join(DRAWS)}; got {draws!r}")
+    return "train" if draws == "shared" or phase == "pretrain" else f"train_{phase}"
+
+
+def phase_draws(draw: Callable[[int], np.ndarray], seed: int, draws: str) -> dict[str, np.ndarray]:
+    """Every extra training split of ``draws``: ``{split: indices}`` from ``draw(phase seed)``.
+
+    ``draw`` returns the sorted training indices of one seeded draw (the family's rule, pool and
+    counts); ``shared`` has no extra split.
+    """
+    if draws == "shared":
+        return {}
+    return {phase_split(draws, p): draw(phase_seed(seed, p)) for p in PHASES[1:]}
+
+
+def write_phase_splits(
+    out_dir: Path, splits: dict[str, np.ndarray], labels: np.ndarray, images: np.ndarray
+) -> None:
+    """Write ``<split>.csv`` and ``<split>_images.npy`` of each per-phase training split."""
+    import pandas as pd
+
+    from longtail import io
+
+    for split, idx in splits.items():
+        frame = pd.DataFrame(
+            {"index": np.arange(len(idx)), "source_index": idx, "label": labels[idx]}
+        )
+        with io.atomic_path(out_dir / f"{split}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        io.save_npy(out_dir / f"{split}_images.npy", images[idx])
+
+
+def draws_info(draws: str, train: np.ndarray, splits: dict[str, np.ndarray]) -> dict:
+    """``dataset.json``'s record of the draws: the split of each phase and the images it shares
+    with pretrain's draw."""
+    phases = {p: phase_split(draws, p) for p in PHASES}
+    every = {"train": train, **splits}
+    shared = {p: int(np.intersect1d(every[s], train).size) for p, s in phases.items()}
+    return {"mode": draws, "splits": phases, "images_shared_with_pretrain": shared}
