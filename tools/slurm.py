@@ -17,17 +17,18 @@ stages' outputs recorded in ``dvc.lock`` from the DVC remote, so ``download`` an
 submitting checkout pushes them before the first submission).
 
 The submitting checkout keeps a ledger, ``.dvc/tmp/reproduce/slurm-<table>.json``: for each
-run's params, its job id and log file. A later call pulls the experiments of the commit (``dvc exp
-pull``), asks ``squeue`` which jobs still wait or run, and reports every run as finished (an
-experiment with its params exists), pending or running (its job id), or failed: its job is gone
-from the queue and no experiment came back (killed, cancelled, out of time, a failing stage); the
-report names the job's log. ``--resubmit-failed`` submits those again; nothing else is ever
+run (commit and params), its job id and log file. A later call pulls the experiments of the commit
+(``dvc exp pull``), asks ``squeue`` which jobs still wait or run, and reports every run as finished
+(an experiment with its params exists), pending or running (its job id), or failed: its job is
+gone from the queue and no experiment came back (killed, cancelled, out of time, a failing stage);
+the report names the job's log. ``--resubmit-failed`` submits those again; nothing else is ever
 submitted twice.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import shlex
@@ -150,6 +151,8 @@ def commit_and_url(remote: str) -> tuple[str, str]:
         )
     commit = run("git", "rev-parse", "HEAD").stdout.strip()
     url = run("git", "remote", "get-url", remote).stdout.strip()
+    if Path(url).is_dir():  # a path on a shared filesystem: the same from the nodes
+        url = str(Path(url).resolve())
     run("git", "fetch", "--quiet", remote)
     if not run("git", "branch", "--remotes", "--contains", commit).stdout.strip():
         raise SlurmError(
@@ -184,8 +187,13 @@ def ledger_path(table: str) -> Path:
     return LEDGER / f"slurm-{table}.json"
 
 
+def entry_key(commit: str, params: str) -> str:
+    """The ledger's key of a run: its commit and params (a new commit starts a new table)."""
+    return hashlib.sha256(f"{commit}\n{params}".encode()).hexdigest()[:20]
+
+
 def load_ledger(table: str) -> dict[str, dict]:
-    """Params key -> {row, seed, job, log, earlier}: every job this checkout submitted."""
+    """Run key -> {row, seed, commit, job, log, earlier}: every job this checkout submitted."""
     path = ledger_path(table)
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -298,23 +306,30 @@ def execute(
         The state after this call (a run submitted now is pending).
     """
     commit, url = commit_and_url(opts.git_remote)
-    ledger = load_ledger(table)
+    everything = load_ledger(table)
+    ledger = {
+        k: everything[entry_key(commit, k)] for k, _ in todo if entry_key(commit, k) in everything
+    }
     pull(dvc, opts.git_remote)
     by_state = sort_out(todo, finished(), ledger, active())
     submitting = by_state["new"] + (by_state["failed"] if resubmit_failed else [])
     if submitting:
         push_data(dvc)
+        opts.logs.mkdir(parents=True, exist_ok=True)  # Slurm does not create it
     for key, job in submitting:
-        job_id = submit(script(job, commit, url, opts, dvc), LEDGER / "scripts", job.stem)
+        text = script(job, commit, url, opts, dvc)
+        job_id = submit(text, LEDGER / "scripts", f"{job.stem}-{commit[:12]}")
         earlier = ledger.get(key)
         ledger[key] = {
             "row": job.row,
             "seed": job.seed,
+            "commit": commit,
             "job": job_id,
             "log": str(opts.logs.resolve() / f"{job.stem}-{job_id}.log"),
             "earlier": [*earlier["earlier"], earlier["job"]] if earlier else [],
         }
-        save_ledger(table, ledger)
+        everything[entry_key(commit, key)] = ledger[key]
+        save_ledger(table, everything)
         log(f"reproduce: {job.row}  seed {job.seed}  submitted job {job_id}")
     log(
         f"reproduce: {len(todo)} runs: {len(by_state['finished'])} finished, "
