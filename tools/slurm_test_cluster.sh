@@ -16,9 +16,16 @@ CONF=/etc/slurm
 GPUS=${SLURM_TEST_GPUS:-2}
 
 stop() {
+    # Each daemon is waited for: one that is still shutting down would delete the pid file of
+    # its successor, and hold its port.
     for name in slurmd slurmctld munged; do
         if [ -f "/run/slurm-test/$name.pid" ]; then
-            kill "$(cat "/run/slurm-test/$name.pid")" 2>/dev/null || true
+            pid=$(cat "/run/slurm-test/$name.pid")
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.3
+            done
             rm -f "/run/slurm-test/$name.pid"
         fi
     done
