@@ -105,6 +105,10 @@ def test_dry_run_prints_one_script_per_row_and_seed(capsys: pytest.CaptureFixtur
     local = capsys.readouterr().out.splitlines()
     assert len(local) == 1 and local[0].startswith("dvc exp run --queue -S ")
     assert local[0].endswith(" -S seed=0")
+    assert reproduce.main([*args, "--slurm-cpus", "0"]) == 2
+    assert "--slurm-gpus / --slurm-cpus: expected a count >= 0 / >= 1; got 0 / 0" in (
+        capsys.readouterr().err
+    )
 
 
 def test_submitting_needs_a_clean_checkout_whose_commit_is_on_the_remote(

@@ -633,7 +633,10 @@ def reproduce(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[str
     runs = [(canonical(j.params), slurm.Run(table.key, j.row, j.seed, j.overrides)) for j in todo]
     if args.dry_run:
         if args.executor == "slurm":
-            return slurm.dry_run(args.dvc, runs, slurm.options(args)), True
+            try:
+                return slurm.dry_run(args.dvc, runs, slurm.options(args)), True
+            except slurm.SlurmError as err:
+                raise ReproduceError(str(err)) from None
         sets = (" ".join(f"-S {shlex.quote(s)}" for s in j.overrides) for j in todo)
         return "".join(f"{args.dvc} exp run --queue {x}\n" for x in sets), True
     failed: list[str] = []
@@ -668,8 +671,8 @@ def _slurm(
     log: Callable[[str], None],
 ) -> tuple[list[str], str]:
     """Submit and follow the runs as Slurm jobs; returns the failed and the pending runs."""
-    opts = slurm.options(args)
     try:
+        opts = slurm.options(args)
         if args.no_run:
             slurm.pull(args.dvc, opts.git_remote)
             return [], ""

@@ -27,10 +27,10 @@ submitted twice.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import hashlib
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -238,10 +238,6 @@ def final_state(job: str) -> str:
     return "unknown"
 
 
-def cancel(job: str) -> None:
-    run("scancel", job)
-
-
 # ----------------------------------------------------------------------------------- one pass
 @dataclass(frozen=True)
 class Status:
@@ -362,17 +358,24 @@ def dry_run(dvc: str, todo: Sequence[tuple[str, Run]], opts: Options) -> str:
     return "\n".join(script(job, commit, url or opts.git_remote, opts, dvc) for _, job in todo)
 
 
-def options(args: object) -> Options:
-    """The :class:`Options` of the parsed command line of ``tools.reproduce``."""
-    get = args.__dict__.get
-    logs = Path(get("slurm_logs") or os.environ.get("LONGTAIL_SLURM_LOGS", LEDGER / "logs"))
+def options(args: argparse.Namespace) -> Options:
+    """The :class:`Options` of the parsed command line of ``tools.reproduce``.
+
+    Raises:
+        SlurmError: a negative GPU count or fewer than one CPU.
+    """
+    if args.slurm_gpus < 0 or args.slurm_cpus < 1:
+        raise SlurmError(
+            "--slurm-gpus / --slurm-cpus: expected a count >= 0 / >= 1; got "
+            f"{args.slurm_gpus} / {args.slurm_cpus}"
+        )
     return Options(
-        partition=get("slurm_partition"),
-        gpus=get("slurm_gpus") or 0,
-        cpus=get("slurm_cpus") or 1,
-        time=get("slurm_time"),
-        extra=tuple(get("slurm_arg") or ()),
-        setup=tuple(get("slurm_setup") or ()),
-        git_remote=get("git_remote") or "origin",
-        logs=logs,
+        partition=args.slurm_partition,
+        gpus=args.slurm_gpus,
+        cpus=args.slurm_cpus,
+        time=args.slurm_time,
+        extra=tuple(args.slurm_arg or ()),
+        setup=tuple(args.slurm_setup or ()),
+        git_remote=args.git_remote,
+        logs=args.slurm_logs or LEDGER / "logs",
     )
