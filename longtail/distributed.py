@@ -6,7 +6,7 @@ CPU) and returns a :class:`World`. Without those variables the world is one plai
 collective is the identity, so single-process code needs no branch. ``stages/launch.py`` starts
 ``torchrun`` when ``dist.nproc > 1``.
 
-Conventions (the README's "Scale out" section):
+Conventions (docs/scale-out.md):
 
 - ``batch_size`` in params is the *global* batch; each rank takes ``batch_size / world_size``
   (:func:`per_rank_batch`) and the learning rate is unchanged, so rank ``r``'s batch ``k`` is the

@@ -13,11 +13,13 @@ one source of it; the command line only makes it visible to DVC).
 - Several machines: set ``LONGTAIL_TORCHRUN_ARGS`` to the rendezvous arguments, e.g. ``--nnodes 2
   --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id job42``; they replace
   ``--standalone`` (torchrun is used even for N == 1) and ``N`` is the number of processes per
-  machine. Every machine runs the same command (README, "Scale out").
+  machine. Every machine runs the same command (docs/scale-out.md; tests/test_multinode.py runs
+  two agents on one machine this way).
 
 Before starting anything the launcher validates params.yaml and the process count (the global
-batch must divide among the N processes, at most one process per GPU), so a bad value gives one
-error line instead of one per process.
+batch must divide among the N processes of every node, ``--nnodes`` of ``LONGTAIL_TORCHRUN_ARGS``
+times N; at most one process per GPU), so a bad value gives one error line instead of one per
+process.
 """
 
 from __future__ import annotations
@@ -68,8 +70,30 @@ def command(nproc: int, stage: str, torchrun_args: str | None) -> list[str] | No
     ]
 
 
-def check(cfg: Config, nproc: int, stage: str) -> None:
+def nodes(torchrun_args: str | None) -> int | None:
+    """The node count of ``--nnodes N`` in the rendezvous arguments: 1 without them, None when
+    elastic (``--nnodes MIN:MAX``: the world size is known only once the nodes have met).
+
+    Raises:
+        ValueError: ``--nnodes`` without a count.
+    """
+    words = shlex.split(torchrun_args or "")
+    value = "1"
+    for i, word in enumerate(words):
+        if word.startswith("--nnodes="):
+            value = word.split("=", 1)[1]
+        elif word == "--nnodes":
+            if i + 1 == len(words):
+                raise ValueError(f"{ENV}: expected a count after --nnodes; got {torchrun_args!r}")
+            value = words[i + 1]
+    return int(value) if value.isdigit() else None
+
+
+def check(cfg: Config, nproc: int, stage: str, torchrun_args: str | None = None) -> None:
     """Refuse a process count that disagrees with params.yaml or the machine.
+
+    Args:
+        torchrun_args: ``LONGTAIL_TORCHRUN_ARGS``; its ``--nnodes`` multiplies the world size.
 
     Raises:
         ValueError: naming the key (``dist.nproc``, ``pretrain.batch_size``, ...).
@@ -79,13 +103,18 @@ def check(cfg: Config, nproc: int, stage: str) -> None:
             f"dist.nproc: the launcher expected the process count of params.yaml "
             f"({cfg.dist.nproc}); got {nproc} on its command line"
         )
-    world = World(size=nproc)
+    count = nodes(torchrun_args)
+    if count is not None:  # elastic (None): each rank checks its share once the nodes have met
+        _check_batches(cfg, World(size=nproc * count), stage)
+    if nproc > 1:
+        _check_gpus(cfg, nproc)
+
+
+def _check_batches(cfg: Config, world: World, stage: str) -> None:
     if stage == "pretrain":
         per_rank_batch(cfg.pretrain.optim.batch_size, world, "pretrain.batch_size")
     elif modes.get(cfg.finetune.mode).trains(cfg):
         per_rank_batch(cfg.finetune.optim.batch_size, world, "finetune.batch_size")
-    if nproc > 1:
-        _check_gpus(cfg, nproc)
 
 
 def _check_gpus(cfg: Config, nproc: int) -> None:
@@ -102,7 +131,7 @@ def _check_gpus(cfg: Config, nproc: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     nproc, stage = parse(sys.argv[1:] if argv is None else argv)
-    check(common.config(), nproc, stage)
+    check(common.config(), nproc, stage, os.environ.get(ENV))
     cmd = command(nproc, stage, os.environ.get(ENV))
     if cmd is None:
         sys.argv = [f"stages/{stage}.py"]

@@ -5,6 +5,8 @@
     python -m tools.reproduce digits --seeds 0,1,2   # the embedded default, minutes on a CPU
     python -m tools.reproduce digits --no-run --report reports/   # tabulate, write the report
     python -m tools.reproduce digits --seeds 0,1 -S pretrain.epochs=2 -S finetune.epochs=2
+    python -m tools.reproduce digits --seeds 0,1 --executor slurm --slurm-partition gpu \
+        --slurm-gpus 1                    # one Slurm job per row × seed (tools/slurm.py)
 
 The tables are ``tools/recipes.py``. Run from the repository root (a git repository with DVC). For
 every row and seed the tool builds the row's params exactly as ``dvc exp run -S`` would (DVC's own
@@ -24,6 +26,13 @@ writes ``DIR/<table>.md``, ``DIR/<table>.json`` (every run's metrics), and two P
 per-class test accuracy against training count (mean over seeds, per row) and many/medium/few/top-1
 of every row side by side with the published numbers.
 
+``--executor slurm`` runs each row × seed as one Slurm job instead of the local queue
+(``tools/slurm.py``; docs/scale-out.md): the call submits the runs that have no job yet, prints
+their job ids and returns (``--wait``: once they have ended); run again, it pulls the experiments
+the jobs pushed and prints the same table, with the failed runs and their logs under it.
+``--resubmit-failed`` submits the failed ones again; ``--dry-run`` prints the job scripts (with
+the local queue: the ``dvc exp run --queue`` commands) and submits nothing.
+
 Exit status: 0 when every row has all its seeds, 1 when a run failed or is missing, 2 on an error
 (bad params, a DVC command that failed, an unknown table).
 """
@@ -33,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import sys
 import tempfile
@@ -45,7 +55,7 @@ from typing import Any
 import yaml
 
 from longtail.config import Config
-from tools import compare, recipes, stats
+from tools import compare, recipes, slurm, stats
 from tools.compare import CompareError
 
 PARAMS_FILE = "params.yaml"
@@ -569,6 +579,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="folder for the markdown, JSON and PNG report")
     p.add_argument("--poll", type=float, default=POLL_SECONDS, help="seconds between polls")
     p.add_argument("--dvc", default="dvc", help="the dvc executable")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the job scripts (or queue commands) only"
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: DVC's queue on this machine (default); slurm: one sbatch job per run",
+    )
+    s = p.add_argument_group("slurm executor (--executor slurm; docs/scale-out.md)")
+    s.add_argument("--slurm-partition", help="--partition of every job (default: the cluster's)")
+    s.add_argument("--slurm-gpus", type=int, default=0, help="--gpus-per-node (default 0)")
+    s.add_argument("--slurm-cpus", type=int, default=1, help="--cpus-per-task (default 1)")
+    s.add_argument("--slurm-time", help="--time of every job, e.g. 12:00:00")
+    s.add_argument(
+        "--slurm-arg", action="append", help="another #SBATCH option, e.g. --account=lab"
+    )
+    s.add_argument(
+        "--slurm-setup",
+        action="append",
+        help="a shell line every job runs first, e.g. 'source ~/venv/bin/activate' (repeatable)",
+    )
+    s.add_argument("--slurm-logs", type=Path, help="folder of the job logs, on a shared filesystem")
+    s.add_argument(
+        "--git-remote", default="origin", help="the git remote the jobs clone and push to"
+    )
+    s.add_argument("--resubmit-failed", action="store_true", help="submit failed runs again")
+    s.add_argument("--wait", action="store_true", help="return once every job has ended")
     return p
 
 
@@ -592,8 +630,21 @@ def reproduce(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[str
     seeds = _seeds(args.seeds)
     todo = jobs(table, _rows(table, args.rows), seeds, args.sets, Path(PARAMS_FILE))
     log(f"reproduce: {table.key}: {len(todo)} runs validated")
+    runs = [(canonical(j.params), slurm.Run(table.key, j.row, j.seed, j.overrides)) for j in todo]
+    if args.dry_run:
+        if args.executor == "slurm":
+            try:
+                return slurm.dry_run(args.dvc, runs, slurm.options(args)), True
+            except slurm.SlurmError as err:
+                raise ReproduceError(str(err)) from None
+        sets = (" ".join(f"-S {shlex.quote(s)}" for s in j.overrides) for j in todo)
+        return "".join(f"{args.dvc} exp run --queue {x}\n" for x in sets), True
     failed: list[str] = []
-    if not args.no_run:
+    where, pending = " (see `dvc queue logs <name>`)", ""
+    if args.executor == "slurm":
+        failed, pending = _slurm(args, table, runs, log)
+        where = " (rerun with --resubmit-failed to submit them again)"
+    elif not args.no_run:
         statuses = run_jobs(args.dvc, todo, args.jobs, args.poll, log)
         failed = [f"{label} ({s})" for label, s in statuses.items() if s == "Failed"]
     rows = results(table, todo, compare.exp_show(args.dvc))
@@ -602,13 +653,45 @@ def reproduce(args: argparse.Namespace, log: Callable[[str], None]) -> tuple[str
         f"{r.row.key} ({len(r.runs)} of {len(seeds)})" for r in rows if len(r.runs) < len(seeds)
     ]
     if failed:
-        text += "\nFailed: " + ", ".join(failed) + " (see `dvc queue logs <name>`).\n"
+        text += "\nFailed: " + ", ".join(failed) + f"{where}.\n"
+    if pending:
+        text += f"\nPending: {pending}: run this command again later.\n"
     if missing:
         text += "\nMissing runs: " + ", ".join(missing) + ".\n"
     if args.report:
         for path in report(table, rows, seeds, args.report):
             log(f"reproduce: wrote {path}")
     return text, not failed and not missing
+
+
+def _slurm(
+    args: argparse.Namespace,
+    table: recipes.Table,
+    runs: Sequence[tuple[str, slurm.Run]],
+    log: Callable[[str], None],
+) -> tuple[list[str], str]:
+    """Submit and follow the runs as Slurm jobs; returns the failed and the pending runs."""
+    try:
+        opts = slurm.options(args)
+        if args.no_run:
+            slurm.pull(args.dvc, opts.git_remote)
+            return [], ""
+        status = slurm.execute(
+            args.dvc,
+            table.key,
+            runs,
+            lambda: set(known(compare.exp_show(args.dvc)).finished),
+            opts,
+            resubmit_failed=args.resubmit_failed,
+            wait=args.wait,
+            poll=args.poll,
+            log=log,
+        )
+    except slurm.SlurmError as err:
+        raise ReproduceError(str(err)) from None
+    failed = [f"{label} (job {job} {state.lower()}; log {path})" for label, job, path, state in
+              status.failed]  # fmt: skip
+    return failed, ", ".join(f"{label} ({how})" for label, how in status.pending)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
