@@ -48,8 +48,8 @@ def set_determinism(enabled: bool, device: torch.device) -> None:
     cuDNN autotuning (``cudnn.benchmark``), ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for cuBLAS (set
     before the first CUDA call unless already set) and Inductor's deterministic mode (no kernel
     benchmarking that changes numerics) for ``torch.compile``. Off on CUDA: cuDNN autotuning is on.
-    What determinism costs is in the README. The CPU path is repeatable either way on one machine
-    with one thread count; the switch makes sure no op picks a racy kernel.
+    What determinism costs is in docs/reliability.md. The CPU path is repeatable either way on one
+    machine with one thread count; the switch makes sure no op picks a racy kernel.
 
     ``torch.use_deterministic_algorithms`` imports Inductor's config (1-2 s, most of a training
     stage's start on the CPU) only to copy the switch into it. On CUDA it does so; on the CPU the

@@ -43,7 +43,7 @@ prefetches batch indices a few steps ahead); class-balanced meta batches are dra
 generator (each class ``floor`` or ``ceil(M / C)`` times, images uniform within a class) instead
 of an endless round-robin iterator, so resuming needs no iterator state.
 
-Several processes (the README's "Scale out"): each rank draws its share of the step's batch (the
+Several processes (docs/scale-out.md): each rank draws its share of the step's batch (the
 training loop's per-rank batch) and its share (``M / world_size``, class-balanced) of the meta
 batch from its own generator. The inner step uses the gradient summed over ranks (a differentiable
 all-reduce; each rank's inner loss is its share of the global batch mean), the meta loss is each

@@ -485,8 +485,8 @@ rates there are printed here as 100 − error):
 
 README = REPO / "README.md"
 README_BEGIN = (
-    "<!-- The digits-LT tables below are generated from tools/recipes.py by "
-    "`python -m tools.recipes --write`; edit that file. -->"
+    "<!-- The digits-LT tables below are generated from tools/recipes/digits*.yaml by "
+    "`python -m tools.recipes --write`; edit those files. -->"
 )
 README_END = "<!-- End of the generated digits-LT tables. -->"
 

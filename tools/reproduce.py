@@ -8,15 +8,16 @@
     python -m tools.reproduce digits --seeds 0,1 --executor slurm --slurm-partition gpu \
         --slurm-gpus 1                    # one Slurm job per row × seed (tools/slurm.py)
 
-The tables are ``tools/recipes.py``. Run from the repository root (a git repository with DVC). For
-every row and seed the tool builds the row's params exactly as ``dvc exp run -S`` would (DVC's own
-Hydra override code on a copy of the workspace ``params.yaml``, with ``-S`` extras applied to every
-row, then ``seed``) and validates them with ``longtail.config`` before anything is queued. A row ×
-seed whose params equal those of an experiment of the current commit (``dvc exp show --json``) is
-reused: a finished one is read, a queued or running one is waited for (so an interrupted
-reproduction resumes where it stopped: rerun the same command); the others are queued with
-``dvc exp run --queue`` and run by ``dvc queue start --jobs N``. Progress is one line per finished
-run: row, seed, done/total, elapsed. ``--no-run`` queues nothing and tabulates what exists.
+The tables are ``tools/recipes/*.yaml`` (loaded by ``tools/recipes.py``). Run from the repository
+root (a git repository with DVC). For every row and seed the tool builds the row's params exactly as
+``dvc exp run -S`` would (DVC's own Hydra override code on a copy of the workspace ``params.yaml``,
+with ``-S`` extras applied to every row, then ``seed``) and validates them with ``longtail.config``
+before anything is queued. A row × seed whose params equal those of an experiment of the current
+commit (``dvc exp show --json``) is reused: a finished one is read, a queued or running one is
+waited for (so an interrupted reproduction resumes where it stopped: rerun the same command); the
+others are queued with ``dvc exp run --queue`` and run by ``dvc queue start --jobs N``. Progress is
+one line per finished run: row, seed, done/total, elapsed. ``--no-run`` queues nothing and tabulates
+what exists.
 
 The table (stdout, and ``--report DIR``) has, per row: the published top-1 and its source key,
 ours as mean ± sample std over the seeds with n and the 95 % Student-t interval, Δ = ours −
@@ -562,7 +563,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tools.reproduce", description=__doc__.split("\n")[0], allow_abbrev=False
     )
-    p.add_argument("table", nargs="?", help="a table of tools/recipes.py (see --list)")
+    p.add_argument("table", nargs="?", help="a table of tools/recipes/ (see --list)")
     p.add_argument("--list", action="store_true", help="list every table and row, and exit")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--rows", help="comma-separated row keys (default: every row of the table)")
