@@ -6,7 +6,10 @@ epoch overrides only: at most one epoch per stage, small batches, no warmup, a f
 image), 32-pixel images, 2 frames per clip, and the data paths of the fakes built here in the
 published layouts (CIFAR's python tarballs, ImageNet-LT / Places-LT / iNaturalist list files over
 JPEGs, EGTEA's clips and split files); a ``model.weights`` path becomes null (no ImageNet weights
-here). Everything else, the method, the sampler, the finetune mode and its options, is the row's.
+here), except for a row that starts from the weights without training (``pretrain.mode: weights``),
+which gets a stand-in file: the row's network with BatchNorm statistics measured on noise, so that
+its frozen eval-mode blocks stay finite. Everything else, the method, the sampler, the finetune mode
+and its options, is the row's.
 
 The stages run in-process (their ``main``), in a copy of the repository per dataset, whose data
 stages run once and are shared by the rows on that data; ``tests/test_reproduce.py`` runs the
@@ -58,7 +61,7 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 def fakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The tiny datasets, built once for every row."""
     root = tmp_path_factory.mktemp("fakes")
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"root": root}
     for kind in ("cifar10", "cifar100"):
         path = root / f"{kind}.tar.gz"
         out[kind] = (path, make_cifar_archive(path, kind=kind, train_per_class=6, test_per_class=1))
@@ -86,6 +89,26 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
+def stand_in_weights(arch: str, path: Path) -> Path:
+    """A state dict of ``arch`` (1,000 classes, as ImageNet's) whose BatchNorm running statistics
+    are the averages over two batches of noise (a random network's initial ones overflow a deep
+    eval-mode ResNet)."""
+    from longtail import nets
+
+    if not path.exists():
+        torch.manual_seed(0)
+        model = nets.create(arch, 1000)
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = None  # a cumulative average
+        model.train()
+        with torch.no_grad():
+            for _ in range(2):
+                model(torch.randn(4, 3, 32, 32))
+        torch.save(model.state_dict(), path)
+    return path
+
+
 def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
     """The row's params with the size, epoch and path overrides only."""
     out = dict(params)
@@ -107,7 +130,9 @@ def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
     elif name == "egtea":
         out.update({"data.root": str(fakes["egtea"]), "frames.size": 32, "frames.segments": 2})
         out["frames.workers"] = 1
-    if out.get("model.weights"):
+    if out.get("pretrain.mode") == "weights":
+        out["model.weights"] = str(stand_in_weights(out["model.arch"], fakes["root"] / "w.pt"))
+    elif out.get("model.weights"):
         # No ImageNet weights here. A randomly initialised ResNet-152 after one tiny epoch has
         # BatchNorm running statistics that overflow its features in eval mode (frozen backbone,
         # BALMS): such rows run the same code on ResNet-10 unless they name ResNet-152's blocks.
