@@ -50,13 +50,16 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from longtail import io
-from longtail.config import DataConfig
 from longtail.data import base, imbalance
+
+if TYPE_CHECKING:
+    from longtail.config import DataConfig
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)

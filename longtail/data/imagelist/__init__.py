@@ -83,8 +83,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from longtail.config import DataConfig
 from longtail.data import base
 from longtail.data.imagelist.generate import (
     assign_counts,
@@ -118,6 +118,9 @@ from longtail.data.imagelist.specs import (
     Spec,
 )
 from longtail.data.imagelist.transforms import eval_transform, resized_crop_box, train_transform
+
+if TYPE_CHECKING:
+    from longtail.config import DataConfig
 
 __all__ = [
     "BAD_IMAGES",

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from longtail import io
-from longtail.config import DataConfig
 from longtail.data import base
 from longtail.data.imagelist.lists import write_list
 from longtail.data.imagelist.specs import (
@@ -25,6 +25,9 @@ from longtail.data.imagelist.specs import (
     MISSING_SHOWN,
     Spec,
 )
+
+if TYPE_CHECKING:
+    from longtail.config import DataConfig
 
 
 def pareto_counts(

@@ -13,11 +13,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longtail import io
-from longtail.config import DataConfig
 from longtail.data import base
 from longtail.data.imagelist.specs import MISSING_SHOWN, Spec
+
+if TYPE_CHECKING:
+    from longtail.config import DataConfig
 
 
 def parse_list(path: Path) -> list[tuple[str, int]]:

@@ -13,13 +13,12 @@ import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from longtail import io
-from longtail.config import DataConfig
 from longtail.data import base, verify
 from longtail.data.imagelist.lists import check_val_source, parse_list
 from longtail.data.imagelist.specs import (
@@ -31,6 +30,9 @@ from longtail.data.imagelist.specs import (
     Spec,
 )
 from longtail.data.imbalance import hold_out_per_class
+
+if TYPE_CHECKING:
+    from longtail.config import DataConfig
 
 
 def prepare(cfg: DataConfig, seed: int, raw_dir: Path, out_dir: Path) -> None:
