@@ -253,15 +253,32 @@ class BackboneBN:
         retrain: how a head is trained on the whole frozen backbone (``classifier``, ``lws``).
         train_mode: the train-mode policy of a partly frozen network, given its trained modules
             (``partial``).
+        summary: what the frozen part's BatchNorm does, in words (``tools.recipes --explain``).
     """
 
     retrain: Callable[[Job, nn.Module, nn.Module], Retrain]
     train_mode: Callable[[list[nn.Module]], TrainMode]
+    summary: str = ""
 
 
 BACKBONE_BN: Registry[BackboneBN] = Registry("finetune.backbone_bn")
-BACKBONE_BN.add("frozen", BackboneBN(_bn_frozen, _blocks_in_eval))
-BACKBONE_BN.add("train", BackboneBN(_bn_train, _blocks_in_train))
+BACKBONE_BN.add(
+    "frozen",
+    BackboneBN(
+        _bn_frozen,
+        _blocks_in_eval,
+        "frozen part in eval mode (running statistics of pretrain, never updated)",
+    ),
+)
+BACKBONE_BN.add(
+    "train",
+    BackboneBN(
+        _bn_train,
+        _blocks_in_train,
+        "frozen weights, BatchNorm in train mode (batch statistics; running statistics drift "
+        "under the sampler)",
+    ),
+)
 
 
 def retrain(job: Job, backbone: nn.Module, head: nn.Module) -> Retrain:

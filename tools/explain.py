@@ -165,6 +165,7 @@ class Phase:
     epochs: int
     batch_size: int
     sampler: str
+    learned: bool  # the sampler's distribution is learned during the phase (BALMS)
     epoch_length: int  # draws per epoch (the sampler's length)
     steps_per_epoch: int
     rarest_draws: float | None
@@ -182,21 +183,24 @@ class Phase:
 
 def finetune_sampler(cfg: Config) -> str:
     """The sampler finetune's loop uses, as the mode says (LWS: class-balanced by definition)."""
-    ft = cfg.finetune
-    if hasattr(ft, "stage_sampler"):
-        return ft.stage_sampler()
-    from longtail import modes  # a mode registry that describes itself
+    from longtail import modes
 
-    return modes.get(ft.mode).sampler(cfg)
+    return modes.get(cfg.finetune.mode).sampler(cfg)
 
 
 def finetune_trains(cfg: Config) -> bool:
     """Whether finetune runs the training loop (not ``none``, ``tau_norm``, ...)."""
-    try:
-        from longtail import modes
-    except ImportError:
-        return cfg.finetune.mode not in ("none", "tau_norm")
+    from longtail import modes
+
     return modes.get(cfg.finetune.mode).trains(cfg)
+
+
+def finetune_steps(cfg: Config) -> bool:
+    """Whether finetune's sampler is a step strategy's own (BALMS's learnable sampler), not one
+    of the registered samplers."""
+    from longtail import samplers
+
+    return finetune_trains(cfg) and finetune_sampler(cfg) not in samplers.names()
 
 
 def _sampler(cfg: Config, stage: str, labels: torch.Tensor, classes: int) -> Any:
@@ -206,7 +210,7 @@ def _sampler(cfg: Config, stage: str, labels: torch.Tensor, classes: int) -> Any
 
     section = cfg.pretrain if stage == "pretrain" else cfg.finetune
     name = section.sampler if stage == "pretrain" else finetune_sampler(cfg)
-    if name == "meta":  # BALMS's learnable sampler and its options
+    if stage == "finetune" and finetune_steps(cfg):  # BALMS's learnable sampler and its options
         ft = cfg.finetune
         return MetaSampler(
             labels, seed=cfg.seed, num_classes=classes, init_pow=ft.meta_init_pow, lr=ft.meta_lr
@@ -269,6 +273,7 @@ def phase(cfg: Config, stage: str, counts: Counts, offset: int = 0) -> Phase:
         optim.epochs,
         optim.batch_size,
         type(trainer.sampler).__name__,
+        stage == "finetune" and finetune_steps(cfg),
         len(trainer.sampler),
         spe,
         rarest,
@@ -291,27 +296,6 @@ def phases(cfg: Config) -> list[Phase]:
 
 
 # ------------------------------------------------------------------------------------ describing
-BN = {
-    "full": "train mode (every BatchNorm)",
-    "partial": "frozen blocks in eval mode, finetune.train_blocks in train mode",
-    "lws": "backbone_bn",
-    "classifier": "backbone_bn",
-}
-BACKBONE_BN = {
-    "frozen": "frozen backbone in eval mode (running statistics of pretrain, never updated)",
-    "train": "frozen weights, BatchNorm in train mode (batch statistics; running statistics "
-    "drift under the sampler)",
-}
-HEAD = {
-    "full": "the pretrained network, every parameter trained",
-    "classifier": "a new classifier on the frozen backbone",
-    "lws": "one scale per class of the pretrained classifier",
-    "partial": "finetune.train_blocks re-initialised and trained with a new classifier",
-    "tau_norm": "the pretrained classifier rescaled w/||w||^τ, no training",
-    "none": "the pretrained network as it is",
-}
-
-
 def normalisation(cfg: Config) -> str:
     """The input statistics of the dataset family, from its module."""
     name = cfg.data.name
@@ -365,7 +349,7 @@ def splits(cfg: Config) -> list[str]:
     ft = cfg.finetune
     if finetune_trains(cfg):
         out.append(f"finetune trains on {phase_split(draws, 'finetune')}")
-    if ft.mode == "classifier" and ft.sampler == "meta":
+    if finetune_steps(cfg):
         meta = phase_split(draws, "meta") if ft.meta_source == "train" else "val"
         out.append(f"the BALMS meta set is {meta}")
     val = [*val_needed_by(cfg)]
@@ -379,7 +363,7 @@ def splits(cfg: Config) -> list[str]:
 def describe(cfg: Config) -> list[str]:
     """The lines of ``--explain`` for one resolved config."""
     counts = class_counts(cfg)
-    from longtail import losses
+    from longtail import losses, modes
     from stages.common import arch
 
     head = cfg.model.classifier + ("" if cfg.model.bias_init == "default" else ", prior bias")
@@ -402,21 +386,15 @@ def describe(cfg: Config) -> list[str]:
         loss = cfg.pretrain.loss if p.name == "pretrain" else cfg.loss
         taken = losses.option_names(loss.name)
         options = ", ".join(f"{k} {v}" for k, v in loss.options.items() if k in taken)
-        bn = (
-            "train mode (every BatchNorm)"
-            if p.name == "pretrain"
-            else BN.get(ft.mode, "backbone_bn")
-        )
-        if bn == "backbone_bn":
-            bn = BACKBONE_BN[ft.backbone_bn]
+        mode = modes.get(ft.mode)
+        bn = "train mode (every BatchNorm)" if p.name == "pretrain" else mode.batchnorm(cfg)
         lines += [
-            f"{p.name}:"
-            + ("" if p.name == "pretrain" else f" mode {ft.mode}: {HEAD.get(ft.mode, ft.mode)}"),
+            f"{p.name}:" + ("" if p.name == "pretrain" else f" mode {ft.mode}: {mode.summary}"),
             f"  optimiser steps: {p.steps:,} = {p.epochs} epochs × {p.steps_per_epoch:,} steps "
             f"(batch {p.batch_size}, an epoch = {p.epoch_length:,} draws)",
             f"  images drawn: {p.images:,}"
             + ("" if p.rarest_draws is None else f"; rarest class: {p.rarest_draws:,.0f} draws")
-            + (" (at the meta sampler's initial logits)" if p.sampler == "MetaSampler" else ""),
+            + (" (at the meta sampler's initial logits)" if p.learned else ""),
             f"  sampler: {section.sampler if p.name == 'pretrain' else finetune_sampler(cfg)}, "
             f"{section.samples_per_class} per class visit",
             f"  LR: {section.optim.lr:g} ({p.lr_rule}); "
@@ -426,7 +404,7 @@ def describe(cfg: Config) -> list[str]:
             f"  loss: {loss.name}" + (f" ({options})" if options else ""),
         ]
     if not finetune_trains(cfg):
-        lines.append(f"finetune: mode {ft.mode}: {HEAD.get(ft.mode, 'no training step')}")
+        lines.append(f"finetune: mode {ft.mode}: {modes.get(ft.mode).summary}")
     return lines
 
 

@@ -120,6 +120,12 @@ class Mode:
     continues_optimizer: ClassVar[bool] = False
     #: Whether the mode reads ``finetune.sampler`` (else any value some mode takes passes).
     reads_sampler: ClassVar[bool] = True
+    #: What the final classifier is, in words (``tools.recipes --explain``).
+    summary: ClassVar[str] = ""
+
+    def batchnorm(self, cfg: Config) -> str:
+        """What BatchNorm does while the mode trains, in words (``tools.recipes --explain``)."""
+        return "train mode (every BatchNorm)"
 
     def trains(self, cfg: Config) -> bool:
         """Whether the finetune stage runs the training loop."""

@@ -26,7 +26,7 @@ import torch
 
 from longtail import losses
 from longtail.config import Config, ConfigError
-from longtail.decouple import FeatureHead, frozen_backbone, reset_classifier, retrain
+from longtail.decouple import BACKBONE_BN, FeatureHead, frozen_backbone, reset_classifier, retrain
 from longtail.loop import Plan, Step
 from longtail.meta import MetaStep
 from longtail.modes import Job, Mode, Outcome, register
@@ -56,6 +56,11 @@ STEPS.add("meta", balms_step)
 @register
 class Classifier(Mode):
     """cRT, decoupled Balanced Softmax and BALMS: a new classifier on the frozen backbone."""
+
+    summary = "a new classifier on the frozen backbone"
+
+    def batchnorm(self, cfg: Config) -> str:
+        return BACKBONE_BN[cfg.finetune.backbone_bn].summary
 
     name = "classifier"
 

@@ -18,6 +18,8 @@ from longtail.modes import Job, Mode, Outcome, register
 class Full(Mode):
     """Every parameter trained, the pretrained network as the start."""
 
+    summary = "the pretrained network, every parameter trained"
+
     name = "full"
     continues_optimizer = True
 

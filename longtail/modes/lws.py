@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from longtail.config import Config
-from longtail.decouple import ScaledHead, frozen_backbone, retrain
+from longtail.decouple import BACKBONE_BN, ScaledHead, frozen_backbone, retrain
 from longtail.loop import Plan
 from longtail.modes import Job, Mode, Outcome, register
 
@@ -26,6 +26,11 @@ SAMPLER = "class_balanced"  # LWS is class-balanced by definition
 @register
 class LWS(Mode):
     """One learned scale per class of the frozen pretrained classifier."""
+
+    summary = "one scale per class of the pretrained classifier"
+
+    def batchnorm(self, cfg: Config) -> str:
+        return BACKBONE_BN[cfg.finetune.backbone_bn].summary
 
     name = "lws"
     reads_sampler = False

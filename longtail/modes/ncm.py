@@ -57,6 +57,8 @@ def class_means(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 class NCM(Mode):
     """Nearest class mean: the cosine to each class's mean normalised training feature."""
 
+    summary = "cosine to each class's mean normalised training feature, no training"
+
     name = "ncm"
     reads_sampler = False
 

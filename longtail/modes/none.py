@@ -14,6 +14,8 @@ from longtail.modes import Job, Mode, Outcome, register
 class PassThrough(Mode):
     """No training: the pretrained network passes through unchanged."""
 
+    summary = "the pretrained network as it is"
+
     name = "none"
     reads_sampler = False
 

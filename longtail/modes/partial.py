@@ -41,6 +41,13 @@ from longtail.modes import Job, Mode, Outcome, register
 class Partial(Mode):
     """The named blocks and the classifier re-initialised and trained; the rest frozen."""
 
+    summary = "finetune.train_blocks re-initialised and trained with a new classifier"
+
+    def batchnorm(self, cfg: Config) -> str:
+        return (
+            f"{BACKBONE_BN[cfg.finetune.backbone_bn].summary}; finetune.train_blocks in train mode"
+        )
+
     name = "partial"
 
     def check(self, cfg: Config) -> None:

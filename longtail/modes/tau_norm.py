@@ -29,6 +29,8 @@ from longtail.modes import Job, Mode, Outcome, register
 class TauNorm(Mode):
     """Rescale the pretrained class vectors; τ chosen on ``val`` among several candidates."""
 
+    summary = "the pretrained classifier rescaled w/||w||^τ, no training"
+
     name = "tau_norm"
     reads_sampler = False
 
