@@ -106,7 +106,7 @@ class FramesConfig:
     workers: int = _check(2, ge=1)
     skip_bad: bool = False
     segments: int | None = _check(None, gt=0)
-    store: Literal["npy", "jpeg"] | None = None
+    store: str | None = None  # longtail.data.clipstore.STORES; None: the family's
     quality: int = _check(90, ge=1, le=100)
     interpolation: Literal["linear", "area"] = "linear"
     channels: Literal["rgb", "bgr"] = "rgb"

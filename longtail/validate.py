@@ -68,6 +68,10 @@ def _check_data(config: Config) -> None:
     _named("data.name", config.data.name, data.names())
     _named("data.subset", config.data.subset, imbalance.SUBSETS)
     _named("data.profile", config.data.profile, imbalance.PROFILES)
+    if config.frames.store is not None:  # the store registry imports OpenCV: only when named
+        from longtail.data import clipstore
+
+        _named("frames.store", config.frames.store, clipstore.STORES.names())
     _check_draws(config)
 
 

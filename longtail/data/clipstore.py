@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from longtail import io
+from longtail.registry import Registry
 
 JPEG_MAGIC = b"LTJPEGS1"
 _HEADER = struct.Struct("<8s3I")  # magic, T, H, W
@@ -148,23 +149,20 @@ class JpegStore:
         return np.stack([decoded[int(i)] for i in index])
 
 
-# Name -> builder taking the JPEG quality (unused by npy).
-BUILDERS: dict[str, Callable[[int], Store]] = {
-    "npy": lambda quality: NpyStore(),
-    "jpeg": lambda quality: JpegStore(quality=quality),
-}
+# ``frames.store``: name -> builder taking the JPEG quality (unused by npy).
+STORES: Registry[Callable[[int], Store]] = Registry("frames.store")
+STORES.add("npy", lambda quality: NpyStore())
+STORES.add("jpeg", lambda quality: JpegStore(quality=quality))
 
 
 def create(name: str, quality: int = 90) -> Store:
     """The store called ``name`` (``quality``: JPEG quality, 1-100, used by ``jpeg`` only)."""
-    if name not in BUILDERS:
-        raise ValueError(f"frames.store: expected one of {', '.join(BUILDERS)}; got {name!r}")
-    return BUILDERS[name](quality)
+    return STORES[name](quality)
 
 
 def from_suffix(path: Path, quality: int = 90) -> Store:
     """The store that wrote ``path``, known by its suffix."""
-    for name in BUILDERS:
+    for name in STORES.names():
         store = create(name, quality)
         if Path(path).name.endswith(store.suffix):
             return store
