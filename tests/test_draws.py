@@ -20,9 +20,11 @@ import pytest
 import torch
 from conftest import Repo
 from fakes import make_cifar_archive
-from test_decouple import COUNTS, images, make_job, parse, pretrained
+from test_decouple import COUNTS, images, make_job, pretrained
+from test_decouple import run as run_mode
+from trainers import plan_loop
 
-from longtail import decouple, meta
+from longtail import meta
 from longtail.config import ConfigError, DataConfig
 from longtail.config import parse as parse_params
 from longtail.data import cifar, digits, imbalance
@@ -185,9 +187,9 @@ def test_per_phase_is_refused_where_there_is_no_draw(data: dict, message: str) -
 
 
 def test_meta_set_from_train_is_the_meta_draw(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``trainer.meta_draw`` (set by the finetune stage under per_phase) the BALMS meta
-    batches come from that draw's frozen features, the training batches from the train draw."""
-    meta_draw = images(COUNTS, 9)
+    """Under ``data.draws: per_phase`` the loop trains on finetune's own draw and BALMS's meta
+    batches come from the meta draw's frozen features; the shared ``train`` split is not read."""
+    train_draw, meta_draw = images(COUNTS, 1), images(COUNTS, 9)
     recorded: list[tuple[object, torch.Tensor]] = []
     real = meta._one_batch
 
@@ -196,26 +198,28 @@ def test_meta_set_from_train_is_the_meta_draw(monkeypatch: pytest.MonkeyPatch) -
         return real(src, idx, train=train, generator=generator)
 
     monkeypatch.setattr(meta, "_one_batch", recording)
-    cfg = parse(
-        {"mode": "classifier", "sampler": "meta", "meta_batch_size": 6, "meta_source": "train"},
-        loss="balanced_softmax",
+    cfg = parse_params(
+        {
+            "data": {"draws": "per_phase"},
+            "loss": {"name": "balanced_softmax"},
+            "finetune": {
+                **{"epochs": 2, "batch_size": 8, "lr": 0.1, "mode": "classifier"},
+                **{"sampler": "meta", "meta_batch_size": 6, "meta_source": "train"},
+            },
+        }
     )
     job, calls = make_job(pretrained(), cfg)
-    inner = job.train
-
-    def train(net, *, setup=None, **kw):
-        def with_draw(trainer):
-            trainer.meta_draw = meta_draw
-            setup(trainer)
-
-        return inner(net, setup=with_draw, **kw)
-
-    decouple.run("classifier", decouple.Job(**{**job.__dict__, "train": train}))
+    splits = _Recording(
+        {"train_finetune": train_draw, "train_meta": meta_draw, "val": images([4] * 3, 2)}
+    )
+    job.loop = plan_loop(cfg, None, None, COUNTS, calls, splits=splits)
+    run_mode("classifier", job)
+    assert "train" not in splits.opened and {"train_finetune", "train_meta"} <= set(splits.opened)
     source = calls[0]["trainer"].train_source
     assert isinstance(source, MetaSource)
     assert source.meta is not source.train
     assert source.meta.source is meta_draw and source.meta.labels is meta_draw.labels
-    assert source.train.source is not meta_draw
+    assert source.train.source is train_draw
     metas = [src for i, (src, _) in enumerate(recorded) if i % 2 == 1]
     assert metas and all(src is source.meta for src in metas)
     # its features are those of the meta draw's images, not the cached training features
@@ -229,6 +233,18 @@ def test_meta_set_from_train_is_the_meta_draw(monkeypatch: pytest.MonkeyPatch) -
         ]
     )
     assert torch.equal(labels, meta_draw.labels) and torch.equal(feats, want)
+
+
+class _Recording(dict):
+    """Sources by split name that remember which splits were opened."""
+
+    def __init__(self, splits: dict[str, object]) -> None:
+        super().__init__(splits)
+        self.opened: list[str] = []
+
+    def __getitem__(self, name: str) -> object:
+        self.opened.append(name)
+        return super().__getitem__(name)
 
 
 def test_balms_per_phase_runs_end_to_end_on_digits(repo: Repo) -> None:

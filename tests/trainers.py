@@ -7,7 +7,7 @@ loop (``longtail.loop.trainer_for``) on in-memory sources, recording each traine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -63,10 +63,18 @@ def make_trainer(
 
 
 def plan_loop(
-    cfg: Config, train_source: Any, val_source: Any, counts: Sequence[int], calls: list[dict]
+    cfg: Config,
+    train_source: Any,
+    val_source: Any,
+    counts: Sequence[int],
+    calls: list[dict],
+    splits: Mapping[str, Any] | None = None,
 ) -> Callable[[loop.Plan], dict[str, Any]]:
     """A loop for ``longtail.modes.run`` that trains each plan in-process through the package's
-    loop code (no checkpoint, no files) and appends ``{"trainer", "plan"}`` to ``calls``."""
+    loop code (no checkpoint, no files) and appends ``{"trainer", "plan"}`` to ``calls``.
+
+    ``splits``: the sources by split name the loop may open (default: ``train`` and ``val``).
+    """
 
     def run(plan: loop.Plan) -> dict[str, Any]:
         stage = loop.Stage(
@@ -74,7 +82,9 @@ def plan_loop(
             cfg=cfg,
             device=CPU,
             world=World(),
-            open_split={"train": train_source, "val": val_source}.__getitem__,
+            open_split=(
+                splits if splits is not None else {"train": train_source, "val": val_source}
+            ).__getitem__,
             counts=list(counts),
         )
         trainer = loop.trainer_for(plan, stage)
