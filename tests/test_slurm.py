@@ -25,6 +25,9 @@ from conftest import REPO, Repo, copy_repo, git_init
 
 from tools import recipes, reproduce, slurm
 
+# Every test here starts sbatch, DVC or git processes (or a Slurm cluster).
+pytestmark = pytest.mark.e2e
+
 PARTITION = "debug"
 TINY_SETS = ["-S", "pretrain.epochs=1", "-S", "finetune.epochs=1"]
 
