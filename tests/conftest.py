@@ -241,9 +241,10 @@ def _no_process_outside_e2e(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     name = request.node.nodeid
 
-    def refuse(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+    def refuse(self: subprocess.Popen, *args: Any, **kwargs: Any) -> None:
+        command = args[0] if args else kwargs.get("args")
         raise ProcessOutsideE2E(
-            f"{name} started a process ({args!r}) but is not marked e2e: mark it with "
+            f"{name} started a process ({command!r}) but is not marked e2e: mark it with "
             "@pytest.mark.e2e (or `pytestmark = pytest.mark.e2e`) so that the everyday "
             '`pytest -m "not e2e"` stays free of processes'
         )
