@@ -1,7 +1,17 @@
-"""Shared pytest fixtures: a throw-away copy of the repository for end-to-end stage runs."""
+"""Shared pytest fixtures: a throw-away copy of the repository for end-to-end stage runs, the
+digits data stages run once per test process, and the two lanes of the suite.
+
+A test is end-to-end (``e2e`` marker) when it starts a process: a stage, DVC, torchrun, git, a
+python subprocess. The everyday lane is ``pytest -m "not e2e"``. Tests are marked by a rule
+(:func:`pytest_collection_modifyitems`): a test whose own code or whose fixtures build a copy of
+the repository or call :mod:`subprocess` is e2e; the rest is marked by hand where a rule cannot
+see it. :func:`_no_process_outside_e2e` makes the marking a check: a test outside the marker that
+starts a process fails and names the marker."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import subprocess
@@ -125,6 +135,33 @@ def repo(tmp_path: Path) -> Repo:
     return r
 
 
+DATA_STAGES = ("download", "inject_imbalance", "extract_frames")
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``data/`` folder that the digits data stages write with the default params, made once
+    per test process. Read-only for tests: :func:`digits_repo` gives each test its own copy."""
+    prepared = copy_repo(REPO, tmp_path_factory.mktemp("digits-data") / "repo", TRACKED)
+    prepared.params(TINY)
+    for stage in DATA_STAGES:
+        prepared.stage(stage)
+    return prepared.root / "data"
+
+
+def with_data(repo: Repo, data: Path) -> Repo:
+    """``repo`` with its own copy of the prepared ``data`` folder (the data stages' outputs)."""
+    shutil.copytree(data, repo.root / "data")
+    return repo
+
+
+@pytest.fixture
+def digits_repo(repo: Repo, digits_data: Path) -> Repo:
+    """:func:`repo` with the digits data stages already run (a copy of :func:`digits_data`):
+    for tests that only read their outputs."""
+    return with_data(repo, digits_data)
+
+
 class Crash(Exception):
     """Stands for a kill: raised from inside the training loop at a chosen point."""
 
@@ -157,3 +194,61 @@ def git_init(repo: Repo) -> None:
     repo.run("git", "config", "user.name", "test")
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-qm", "initial")
+
+
+# Calls whose presence in a test or in one of its fixtures makes the test end-to-end.
+E2E_CALLS = ("copy_repo(", "Repo(", "subprocess.", "git_init(")
+
+
+@functools.cache
+def _starts_processes(func: Any) -> bool:
+    """Whether the source of ``func`` (a test or fixture function) holds one of ``E2E_CALLS``."""
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in E2E_CALLS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark end-to-end every test that uses ``repo`` or another fixture that copies the
+    repository or starts a process, or whose own code does; and every ``slurm`` test."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        defs = [d for ds in (info.name2fixturedefs.values() if info else ()) for d in ds]
+        defs = [d for d in defs if d.argname != "_no_process_outside_e2e"]
+        if (
+            item.get_closest_marker("slurm")
+            or "repo" in getattr(item, "fixturenames", ())
+            or _starts_processes(getattr(item, "function", None))
+            or any(_starts_processes(d.func) for d in defs)
+        ):
+            item.add_marker(pytest.mark.e2e)
+
+
+class ProcessOutsideE2E(AssertionError):
+    """Raised when a test outside the ``e2e`` marker starts a process."""
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outside_e2e(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Refuse ``subprocess.Popen`` (and so ``subprocess.run``) in tests that are not ``e2e``:
+    the everyday lane ``pytest -m "not e2e"`` must start no process."""
+    if request.node.get_closest_marker("e2e"):
+        yield
+        return
+    name = request.node.nodeid
+
+    def refuse(self: subprocess.Popen, *args: Any, **kwargs: Any) -> None:
+        command = args[0] if args else kwargs.get("args")
+        raise ProcessOutsideE2E(
+            f"{name} started a process ({command!r}) but is not marked e2e: mark it with "
+            "@pytest.mark.e2e (or `pytestmark = pytest.mark.e2e`) so that the everyday "
+            '`pytest -m "not e2e"` stays free of processes'
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", refuse)
+        yield

@@ -267,6 +267,7 @@ def fake_dvc(tmp_path: Path, final: dict[str, str]) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_run_queues_every_loss_and_seed_then_tabulates_those_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -296,6 +297,7 @@ def test_run_queues_every_loss_and_seed_then_tabulates_those_runs(
     assert "compare: 0/4 runs finished" in out.err and "compare: 4/4 runs finished" in out.err
 
 
+@pytest.mark.e2e
 def test_run_reports_failed_runs_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -454,6 +454,7 @@ def torchrun(nproc: int, script: Path) -> str:
         pytest.param("cuda", 2, id="nccl-2", marks=TWO_GPUS),
     ],
 )
+@pytest.mark.e2e
 def test_torchrun_process_group_all_reduces(device: str, nproc: int, tmp_path: Path) -> None:
     backend = "nccl" if device == "cuda" else "gloo"
     script = tmp_path / "all_reduce.py"

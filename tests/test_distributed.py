@@ -149,6 +149,7 @@ def validate(world: World, folder: str) -> dict[str, Any]:
     return {"confusion": conf, "metrics": metrics, "weights": trainer.loss.weights.clone()}
 
 
+@pytest.mark.e2e
 def test_evaluation_and_cdb_ce_weights_of_two_ranks_equal_one_process(two_ranks: list) -> None:
     one = validate(World(), "")
     assert int(one["confusion"].sum()) == 19
@@ -167,6 +168,7 @@ def global_batch(world: World, folder: str) -> dict[str, Any]:
     return {"model": trainer.model.state_dict(), "history": trainer.history}
 
 
+@pytest.mark.e2e
 def test_two_ranks_train_like_one_process_on_the_global_batch(two_ranks: list) -> None:
     one = global_batch(World(), "")
     first, second = (rank["global_batch"] for rank in two_ranks)
@@ -208,6 +210,7 @@ def resume_inside_epoch(world: World, folder: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.e2e
 def test_two_ranks_resume_inside_an_epoch_bit_for_bit(two_ranks: list) -> None:
     first, second = (rank["resume"] for rank in two_ranks)
     # 3 steps per epoch; the vote is read one step late, so step 2 of epoch 2 was checkpointed
@@ -316,6 +319,7 @@ def meta_case(world: World, folder: str) -> dict[str, torch.Tensor]:
     return {"gradient": meta_gradient(world), "logits": meta_steps(world)}
 
 
+@pytest.mark.e2e
 def test_meta_gradient_of_two_ranks_is_the_global_batch_gradient(two_ranks: list) -> None:
     one = meta_gradient(World())
     assert one.abs().max() > 1e-6
@@ -323,6 +327,7 @@ def test_meta_gradient_of_two_ranks_is_the_global_batch_gradient(two_ranks: list
         assert torch.allclose(rank["meta"]["gradient"], one, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.e2e
 def test_meta_logits_stay_identical_on_every_rank(two_ranks: list) -> None:
     first, second = (rank["meta"]["logits"] for rank in two_ranks)
     assert torch.equal(first, second)

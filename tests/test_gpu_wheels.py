@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks import gpu_check, gpu_wheels
 
 
@@ -78,6 +80,7 @@ def test_missing_packages_bring_the_requirements_the_machine_lacks() -> None:
     assert wanted["dvclive"] == gpu_wheels.metadata.version("dvclive")
 
 
+@pytest.mark.e2e  # asks git for the ignored files
 def test_the_travelling_tree_leaves_out_what_git_ignores() -> None:
     files = {p.relative_to(gpu_check.REPO).as_posix() for p in gpu_wheels.travelling_files()}
     assert {"benchmarks/gpu_loan.sh", "benchmarks/gpu_wheels.py", "params.yaml"} <= files

@@ -163,6 +163,7 @@ def one_node(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     return repo
 
 
+@pytest.mark.e2e
 def test_two_nodes_train_resume_after_a_lost_node_and_equal_one_node(
     one_node: Repo, tmp_path: Path
 ) -> None:

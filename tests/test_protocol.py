@@ -135,12 +135,10 @@ def test_keep_best_without_val_is_refused(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- stage, no test
-def test_pretrain_keeps_the_best_epoch_with_the_test_split_removed(repo) -> None:
+def test_pretrain_keeps_the_best_epoch_with_the_test_split_removed(digits_repo) -> None:
     """The stage never opens test: with every test file deleted, keep best still runs."""
+    repo = digits_repo
     repo.params({"pretrain": {"epochs": 4}, "train": {"keep": "best"}})
-    repo.stage("download")
-    repo.stage("inject_imbalance")
-    repo.stage("extract_frames")
     prepared = repo.root / "data" / "prepared"
     removed = [p for p in prepared.iterdir() if p.name.startswith("test")]
     assert removed, "the prepared data has test files to remove"
@@ -266,8 +264,9 @@ def test_continue_refuses_what_cannot_continue(update: dict, match: str) -> None
         config.parse(merge(base, update))
 
 
-def test_stages_continue_pretrains_optimiser_through_params(repo) -> None:
+def test_stages_continue_pretrains_optimiser_through_params(digits_repo) -> None:
     """pretrain (2 epochs) + finetune (2, continue): the LR schedule runs on over 4 epochs."""
+    repo = digits_repo
     optim = {
         "batch_size": 64,
         "lr": 0.1,
@@ -283,7 +282,7 @@ def test_stages_continue_pretrains_optimiser_through_params(repo) -> None:
             "finetune": {**optim, "epochs": 2, "mode": "full", "optimizer": "continue"},
         }
     )
-    for stage in ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune"):
+    for stage in ("pretrain", "finetune"):
         repo.stage(stage)
     metrics = json.loads((repo.root / "metrics" / "finetune.json").read_text())
     # After 4 epochs of one schedule both milestones have passed: 0.1 * 0.1^2. A fresh finetune

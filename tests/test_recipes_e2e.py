@@ -35,6 +35,9 @@ from longtail.data import video
 from stages import download, evaluate, extract_frames, finetune, inject_imbalance, pretrain
 from tools import recipes
 
+# Each row runs the stages in-process on fake data: seconds each, so end-to-end.
+pytestmark = pytest.mark.e2e
+
 DATA_STAGES = (download, inject_imbalance, extract_frames)
 TRAIN_STAGES = (pretrain, finetune, evaluate)
 ROWS = [(t, r) for t in recipes.TABLES for r in t.rows]

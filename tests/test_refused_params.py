@@ -18,9 +18,10 @@ def test_zero_pretrain_epochs_stop_the_first_stage(repo: Repo) -> None:
     assert not (repo.root / "data").exists()
 
 
-def test_bad_loss_option_and_too_deep_network_stop_pretrain_before_training(repo: Repo) -> None:
-    for stage in ("download", "inject_imbalance", "extract_frames"):
-        repo.stage(stage)
+def test_bad_loss_option_and_too_deep_network_stop_pretrain_before_training(
+    digits_repo: Repo,
+) -> None:
+    repo = digits_repo
     repo.params({"loss": {"name": "cdb_ce", "gamma": -1}})
     proc = repo.stage("pretrain", check=False)
     assert proc.returncode == 2

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, TRACKED, Repo, copy_repo
+from conftest import REPO, TINY, TRACKED, Repo, copy_repo, with_data
 from test_distributed import make_trainer, run_ranks
 
 from longtail import io, nets, pipeline, train
@@ -151,13 +151,11 @@ def test_a_model_file_loads_weights_only(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------- each stage refuses it
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+def prepared(tmp_path_factory: pytest.TempPathFactory, digits_data: Path) -> Repo:
     """A copy of the repository with the digits data prepared (the stages before pretrain)."""
     repo = copy_repo(REPO, tmp_path_factory.mktemp("security") / "repo", TRACKED)
     repo.params(TINY)
-    for stage in ("download", "inject_imbalance", "extract_frames"):
-        repo.stage(stage)
-    return repo
+    return with_data(repo, digits_data)
 
 
 def write_plain_model(repo: Repo, name: str) -> None:
@@ -220,6 +218,7 @@ def refused_on_two_ranks(world: World, folder: str) -> dict:
     return {"refused": None, "marker": marker.exists()}
 
 
+@pytest.mark.e2e
 def test_two_ranks_refuse_a_crafted_checkpoint(tmp_path: Path) -> None:
     results = run_ranks(refused_on_two_ranks, tmp_path / "ranks")
     path = tmp_path / "ranks" / "pretrain.ckpt"

@@ -12,6 +12,7 @@ DVC's local queue in a fresh clone (the CPU runs are deterministic).
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
@@ -24,6 +25,9 @@ import yaml
 from conftest import REPO, Repo, copy_repo, git_init
 
 from tools import recipes, reproduce, slurm
+
+# Every test here starts sbatch, DVC or git processes (or a Slurm cluster).
+pytestmark = pytest.mark.e2e
 
 PARTITION = "debug"
 TINY_SETS = ["-S", "pretrain.epochs=1", "-S", "finetune.epochs=1"]
@@ -131,8 +135,10 @@ def test_submitting_needs_a_clean_checkout_whose_commit_is_on_the_remote(
 
 
 # ------------------------------------------------------------------------------- on a cluster
+@functools.cache
 def cluster_reason() -> str | None:
-    """Why the cluster tests cannot run here, or None."""
+    """Why the cluster tests cannot run here, or None (asked once, when a cluster test runs:
+    ``sinfo`` waits seconds for a controller that is down)."""
     if shutil.which("sbatch") is None:
         return "no Slurm here: `sudo tools/slurm_test_cluster.sh` starts a test cluster"
     proc = subprocess.run(
@@ -148,7 +154,15 @@ def cluster_reason() -> str | None:
     return None
 
 
-cluster = pytest.mark.skipif(cluster_reason() is not None, reason=str(cluster_reason()))
+@pytest.fixture
+def _cluster() -> None:
+    """Skips the test, with the reason, where no test cluster is up."""
+    reason = cluster_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+cluster = pytest.mark.usefixtures("_cluster")
 
 
 @pytest.fixture

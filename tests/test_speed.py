@@ -216,6 +216,7 @@ def same_threads() -> list[str]:
     return ["--threads", str(torch.get_num_threads())]
 
 
+@pytest.mark.e2e
 def test_train_speed_runs_tiny_on_cpu_and_prints_both_paths(tmp_path: Path) -> None:
     out = tmp_path / "fragment.md"
     tiny = "--device cpu --train-images 32 --test-images 16 --batch-size 16 --epochs-measured 1 "
