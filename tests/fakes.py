@@ -160,3 +160,20 @@ def make_list_files(
         files[split] = directory / f"{prefix}_{split}.txt"
         files[split].write_text("".join(f"{path} {label}\n" for path, label in rows))
     return files
+
+
+def downloaded_cifar(root: Path, *, test_per_class: int) -> dict[str, Path]:
+    """CIFAR-10 (60 train images per class) and CIFAR-100 (12) fakes, each written as its
+    published archive and put through the family's ``download`` into ``root/raw/<name>``."""
+    from longtail.config import DataConfig
+    from longtail.data import cifar
+
+    out = {}
+    for kind, per_class in (("cifar10", 60), ("cifar100", 12)):
+        archive = root / f"{kind}.tar.gz"
+        md5 = make_cifar_archive(
+            archive, kind=kind, train_per_class=per_class, test_per_class=test_per_class
+        )
+        out[kind] = root / "raw" / kind
+        cifar.download(DataConfig(name=kind, archive=str(archive), md5=md5), out[kind])
+    return out

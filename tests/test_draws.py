@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import Repo
-from fakes import make_cifar_archive
+from fakes import downloaded_cifar
 from test_decouple import COUNTS, images, make_job, pretrained
 from test_decouple import run as run_mode
 from trainers import plan_loop
@@ -36,14 +36,7 @@ IF = 10
 @pytest.fixture(scope="module")
 def raws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Downloaded CIFAR-10 (60 per class) and CIFAR-100 (12 per class) fakes."""
-    root = tmp_path_factory.mktemp("draws")
-    out = {}
-    for kind, per_class in (("cifar10", 60), ("cifar100", 12)):
-        archive = root / f"{kind}.tar.gz"
-        md5 = make_cifar_archive(archive, kind=kind, train_per_class=per_class, test_per_class=2)
-        out[kind] = root / "raw" / kind
-        cifar.download(DataConfig(name=kind, archive=str(archive), md5=md5), out[kind])
-    return out
+    return downloaded_cifar(tmp_path_factory.mktemp("draws"), test_per_class=2)
 
 
 def train_labels(raw: Path) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fakes import make_cifar_archive
+from fakes import downloaded_cifar
 
 from longtail.config import DataConfig
 from longtail.data import cifar, imbalance
@@ -25,14 +25,7 @@ from longtail.data import cifar, imbalance
 @pytest.fixture(scope="module")
 def raws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Downloaded CIFAR-10 (60 per class) and CIFAR-100 (12 per class) fakes."""
-    root = tmp_path_factory.mktemp("subsets")
-    out = {}
-    for kind, per_class in (("cifar10", 60), ("cifar100", 12)):
-        archive = root / f"{kind}.tar.gz"
-        md5 = make_cifar_archive(archive, kind=kind, train_per_class=per_class, test_per_class=1)
-        out[kind] = root / "raw" / kind
-        cifar.download(DataConfig(name=kind, archive=str(archive), md5=md5), out[kind])
-    return out
+    return downloaded_cifar(tmp_path_factory.mktemp("subsets"), test_per_class=1)
 
 
 def published_labels(raw: Path, kind: str) -> np.ndarray:
