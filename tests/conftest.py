@@ -1,5 +1,7 @@
 """Shared pytest fixtures: a throw-away copy of the repository for end-to-end stage runs, the
-digits data stages run once per test process, and the two lanes of the suite.
+digits data stages run once per test process, the digits pipeline reproduced through DVC once per
+session (for the DVC tests that start from a reproduced workspace), stages run in-process, and the
+two lanes of the suite.
 
 A test is end-to-end (``e2e`` marker) when it starts a process: a stage, DVC, torchrun, git, a
 python subprocess. The everyday lane is ``pytest -m "not e2e"``. Tests are marked by a rule
@@ -11,18 +13,21 @@ starts a process fails and names the marker."""
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -135,6 +140,17 @@ def repo(tmp_path: Path) -> Repo:
     return r
 
 
+def run_stages(repo: Repo, names: Iterable[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the stages ``names`` in ``repo``, in this process: each stage's ``main``, the code its
+    script runs, without the interpreter start and imports (seconds) of a process per stage. For
+    tests of what the stages compute; the scripts as processes, as DVC runs them, are tested in
+    tests/test_pipeline.py and wherever a test needs a process (a kill, an exit code, torchrun)."""
+    monkeypatch.chdir(repo.root)
+    for name in names:
+        importlib.import_module(f"stages.{name}").main()
+        torch.set_num_threads(1)  # a stage may set its own count (train.cpu_threads)
+
+
 DATA_STAGES = ("download", "inject_imbalance", "extract_frames")
 
 
@@ -160,6 +176,45 @@ def digits_repo(repo: Repo, digits_data: Path) -> Repo:
     """:func:`repo` with the digits data stages already run (a copy of :func:`digits_data`):
     for tests that only read their outputs."""
     return with_data(repo, digits_data)
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    """A digits workspace after ``dvc repro`` and a commit, and what ``dvc repro`` printed."""
+
+    root: Path
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
+    """The digits pipeline at tiny settings as a user leaves it: ``git init``, ``dvc repro`` and
+    ``git commit`` of the results. Built once per session, whichever test process (xdist worker)
+    asks first; the others wait on a lock and reuse it. Read-only for tests: :func:`dvc_repo`
+    gives each its own copy."""
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's folder sits in the session's folder, which they share.
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, printed = shared / "reproduced" / "repo", shared / "reproduced" / "stdout.txt"
+    with FileLock(shared / "reproduced.lock"):
+        if not printed.exists():
+            shutil.rmtree(root.parent, ignore_errors=True)  # a half-built one
+            repo = copy_repo(REPO, root, TRACKED)
+            repo.params(TINY)
+            git_init(repo)
+            stdout = repo.dvc("repro").stdout
+            repo.run("git", "add", "-A")
+            repo.run("git", "commit", "-qm", "baseline")
+            printed.write_text(stdout)
+    return Reproduced(root, printed.read_text())
+
+
+@pytest.fixture
+def dvc_repo(reproduced: Reproduced, tmp_path: Path) -> Repo:
+    """A copy of :func:`reproduced` (workspace, git history and DVC cache): the next
+    ``dvc exp run`` or ``dvc repro`` reruns only what its change touches."""
+    shutil.copytree(reproduced.root, tmp_path / "repo", symlinks=True)
+    return Repo(tmp_path / "repo")
 
 
 class Crash(Exception):

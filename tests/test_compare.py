@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Repo, git_init
+from conftest import REPO, Repo
 
 SPEC = importlib.util.spec_from_file_location("compare", REPO / "tools" / "compare.py")
 compare = importlib.util.module_from_spec(SPEC)
@@ -340,9 +340,8 @@ def test_queue_status_parsing() -> None:
 
 
 # -------------------------------------------------------------------------- real DVC, tiny runs
-def test_real_experiments_are_listed(repo: Repo) -> None:
-    repo.params({"pretrain": {"epochs": 1}, "finetune": {"epochs": 1}})
-    git_init(repo)
+def test_real_experiments_are_listed(dvc_repo: Repo) -> None:
+    repo = dvc_repo
     repo.dvc("exp", "run", "-S", "loss.name=ce")
     repo.dvc("exp", "run", "-S", "loss.name=balanced_softmax")
     text = repo.run(sys.executable, str(REPO / "tools" / "compare.py")).stdout

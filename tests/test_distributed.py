@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 import trainers
-from conftest import REPO, TINY, TRACKED, Crash, CrashingSource, Repo, copy_repo, git_init, merge
+from conftest import REPO, TINY, TRACKED, Crash, CrashingSource, Repo, copy_repo, merge
 from torch import nn
 
 from longtail import config, data, distributed, losses, samplers, train
@@ -618,11 +618,8 @@ def test_balms_retraining_on_two_ranks(clone: Repo) -> None:
     assert state["sampler"]["logits"].shape == (10,)
 
 
-def test_dvc_exp_run_with_two_processes(repo: Repo) -> None:
-    git_init(repo)
-    repo.dvc("repro", "extract_frames")  # the data stages, on one process as ever
-    repo.run("git", "add", "-A")
-    repo.run("git", "commit", "-qm", "data")
+def test_dvc_exp_run_with_two_processes(dvc_repo: Repo) -> None:
+    repo = dvc_repo  # the default pipeline reproduced on one process and committed
     exp = repo.dvc("exp", "run", "-S", "dist.nproc=2")
     for stage in ("download", "inject_imbalance", "extract_frames"):
         assert f"Stage '{stage}' didn't change, skipping" in exp.stdout

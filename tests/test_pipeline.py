@@ -3,52 +3,43 @@
 import json
 
 import pandas as pd
-import pytest
 import yaml
-from conftest import REPO, Repo, git_init
+from conftest import REPO, Repo, Reproduced
 
 STAGES = ["download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate"]
 
 
-@pytest.mark.parametrize("loss", ["cdb_ce", "balanced_softmax"])
-def test_stages_run_end_to_end(repo: Repo, loss: str) -> None:
-    git_init(repo)
-    repo.params({"loss": {"name": loss}})
+def test_dvc_repro_runs_every_stage_and_writes_its_outputs(reproduced: Reproduced) -> None:
     for stage in STAGES:
-        repo.stage(stage)
-    result = json.loads((repo.root / "metrics/evaluate.json").read_text())
+        assert f"Running stage '{stage}'" in reproduced.stdout
+    assert "| digits |" in reproduced.stdout  # the results table at the end
+    root = reproduced.root
+    result = json.loads((root / "metrics/evaluate.json").read_text())
     for key in ("top1", "many", "medium", "few", "num_many", "num_medium", "num_few"):
         assert key in result
     assert result["num_many"] + result["num_medium"] + result["num_few"] == 10
     assert 0.0 <= result["top1"] <= 100.0
-    per_class = pd.read_csv(repo.root / "plots/per_class.csv")
+    per_class = pd.read_csv(root / "plots/per_class.csv")
     assert list(per_class.columns) == ["class", "train_count", "accuracy"]
-    assert len(pd.read_csv(repo.root / "plots/confusion.csv")) == 300
-    frames = json.loads((repo.root / "data/frames/manifest.json").read_text())
+    assert len(pd.read_csv(root / "plots/confusion.csv")) == 300
+    frames = json.loads((root / "data/frames/manifest.json").read_text())
     assert frames["kind"] == "image" and frames["clips"] == 0
     # the per-epoch curves of both training stages; finetune's steps continue after pretrain's
     for stage, steps in (("pretrain", [0, 1]), ("finetune", [2, 3])):
-        curve = pd.read_csv(repo.root / f"dvclive/{stage}/plots/metrics/val/top1.tsv", sep="\t")
+        curve = pd.read_csv(root / f"dvclive/{stage}/plots/metrics/val/top1.tsv", sep="\t")
         assert list(curve["step"]) == steps
 
 
-def test_dvc_repro_then_exp_run_reuses_pretrain(repo: Repo) -> None:
-    git_init(repo)
-    first = repo.dvc("repro")
-    for stage in STAGES:
-        assert f"Running stage '{stage}'" in first.stdout
-    assert "| digits |" in first.stdout  # the results table at the end
-    repo.run("git", "add", "-A")
-    repo.run("git", "commit", "-qm", "baseline")
-    exp = repo.dvc("exp", "run", "-S", "loss.tau=1.5")
+def test_exp_run_reuses_pretrain(dvc_repo: Repo) -> None:
+    exp = dvc_repo.dvc("exp", "run", "-S", "loss.tau=1.5")
     for stage in ("download", "inject_imbalance", "extract_frames", "pretrain"):
         assert f"Stage '{stage}' didn't change, skipping" in exp.stdout
     for stage in ("finetune", "evaluate"):
         assert f"Running stage '{stage}'" in exp.stdout
-    diff = repo.dvc("metrics", "diff", "--all", "--json")
+    diff = dvc_repo.dvc("metrics", "diff", "--all", "--json")
     changed = json.loads(diff.stdout)["metrics/evaluate.json"]
     assert "top1" in changed and "few" in changed
-    plots = repo.dvc("plots", "show", "--json")
+    plots = dvc_repo.dvc("plots", "show", "--json")
     shown = json.loads(plots.stdout)
     # every declared plot exists (tests/test_plots.py: in every finetune mode)
     errors = json.dumps(shown.get("errors", {}))
@@ -68,12 +59,9 @@ def test_bad_params_stop_the_first_stage_without_traceback(repo: Repo) -> None:
     assert not (repo.root / "data").exists()
 
 
-def test_training_seed_does_not_redraw_the_data(repo: Repo) -> None:
+def test_training_seed_does_not_redraw_the_data(dvc_repo: Repo) -> None:
     """``seed`` is training only: ``dvc exp run -S seed=1`` reuses the data stages' outputs."""
-    git_init(repo)
-    repo.dvc("repro")
-    repo.run("git", "add", "-A")
-    repo.run("git", "commit", "-qm", "baseline")
+    repo = dvc_repo
     before = pd.read_csv(repo.root / "data/prepared/train.csv")
     exp = repo.dvc("exp", "run", "-S", "seed=1")
     for stage in ("download", "inject_imbalance", "extract_frames"):

@@ -1,5 +1,7 @@
 """``dvc plots show`` after a run: no missing file or warning in any finetune mode, and the plots
-that mode declares (tiny sizes; the run itself is the pipeline's, through ``dvc repro``)."""
+that mode declares (tiny sizes; the run itself is the pipeline's, through ``dvc repro``). Each mode
+is switched to from the default run's committed workspace, as a user switches: only finetune and
+evaluate run again, and nothing the previous mode wrote may linger in the plots."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 
 import pytest
 
-from tests.conftest import Repo, git_init
+from tests.conftest import Repo
 
 ALWAYS = {"train_loss", "val_top1", "val_few", "per_class_accuracy", "confusion"}
 CURVES = {"finetune_train_loss", "finetune_val_top1", "finetune_val_few"}
@@ -23,9 +25,8 @@ def shown(repo: Repo) -> set[str]:
     return {name.split("::")[-1] for name in out["data"]}
 
 
-def test_default_run_then_tau_norm_show_their_plots_without_errors(repo: Repo) -> None:
-    git_init(repo)
-    repo.dvc("repro")
+def test_default_run_then_tau_norm_show_their_plots_without_errors(dvc_repo: Repo) -> None:
+    repo = dvc_repo
     assert shown(repo) == ALWAYS | CURVES
     # finetune's steps continue after pretrain's 2 epochs
     tsv = repo.root / "dvclive/finetune/plots/metrics/train/loss.tsv"
@@ -55,9 +56,8 @@ def test_default_run_then_tau_norm_show_their_plots_without_errors(repo: Repo) -
     ],
 )
 def test_other_modes_show_their_plots_without_errors(
-    repo: Repo, update: dict, declared: set
+    dvc_repo: Repo, update: dict, declared: set
 ) -> None:
-    repo.params(update)
-    git_init(repo)
-    repo.dvc("repro")
-    assert shown(repo) == ALWAYS | declared
+    dvc_repo.params(update)
+    dvc_repo.dvc("repro")
+    assert shown(dvc_repo) == ALWAYS | declared
