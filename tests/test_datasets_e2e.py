@@ -1,15 +1,17 @@
-"""Every dataset family through the real stage scripts, on data built here in the published format.
+"""Every dataset family through the stages, on data built here in the published format.
 
 No machine here can download CIFAR, ImageNet-LT or EGTEA, so each test writes a tiny copy in the
 exact published layout (CIFAR's pickled tarball, classifier-balancing list files over JPEGs, MP4
 clips in EGTEA's layout) and runs ``download`` through ``evaluate`` on it, at tiny settings on the
-CPU.
+CPU. The stages run in-process (their ``main``: conftest.run_stages); tests/test_video_dvc.py runs
+a video dataset's stages as DVC runs them.
 """
 
 import json
 from pathlib import Path
 
-from conftest import Repo, git_init
+import pytest
+from conftest import Repo, git_init, run_stages
 from fakes import make_cifar_archive, make_image_tree, make_list_files
 
 STAGES = ["download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate"]
@@ -19,13 +21,14 @@ ONE_EPOCH = {
 }
 
 
-def run_all(repo: Repo) -> dict:
-    for stage in STAGES:
-        repo.stage(stage)
+def run_all(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> dict:
+    run_stages(repo, STAGES, monkeypatch)
     return json.loads((repo.root / "metrics/evaluate.json").read_text())
 
 
-def test_cifar100_from_a_local_archive(repo: Repo, tmp_path: Path) -> None:
+def test_cifar100_from_a_local_archive(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = tmp_path / "cifar-100-python.tar.gz"
     md5 = make_cifar_archive(archive, kind="cifar100", train_per_class=12, test_per_class=2)
     git_init(repo)
@@ -43,14 +46,16 @@ def test_cifar100_from_a_local_archive(repo: Repo, tmp_path: Path) -> None:
             "loss": {"name": "cdb_ce"},
         }
     )
-    result = run_all(repo)
+    result = run_all(repo, monkeypatch)
     counts = json.loads((repo.root / "data/prepared/class_counts.json").read_text())
     assert counts["train"] == [int(10 * 0.1 ** (c / 99)) for c in range(100)]
     assert counts["test"] == [2] * 100
     assert result["num_samples"] == 200 and result["num_classes"] == 100
 
 
-def test_imagenet_lt_list_files_at_32px(repo: Repo, tmp_path: Path) -> None:
+def test_imagenet_lt_list_files_at_32px(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "imagenet"
     classes = ["n01", "n02", "n03"]
     paths = make_image_tree(root, classes, per_class=[9, 5, 3], size=(36, 40))
@@ -78,11 +83,11 @@ def test_imagenet_lt_list_files_at_32px(repo: Repo, tmp_path: Path) -> None:
             "loss": {"name": "balanced_softmax"},
         }
     )
-    result = run_all(repo)
+    result = run_all(repo, monkeypatch)
     assert result["num_samples"] == 4 and result["num_classes"] == 3
 
 
-def test_moving_digits_video_pipeline(repo: Repo) -> None:
+def test_moving_digits_video_pipeline(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     git_init(repo)
     repo.params(
         {
@@ -92,7 +97,7 @@ def test_moving_digits_video_pipeline(repo: Repo) -> None:
             "loss": {"name": "fbl"},
         }
     )
-    result = run_all(repo)
+    result = run_all(repo, monkeypatch)
     manifest = json.loads((repo.root / "data/frames/manifest.json").read_text())
     assert manifest["kind"] == "video" and manifest["clips"] > 0
     assert result["num_classes"] == 10 and result["num_samples"] == 20

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import Repo
+from conftest import Repo, run_stages
 from fakes import downloaded_cifar
 from test_decouple import COUNTS, images, make_job, pretrained
 from test_decouple import run as run_mode
@@ -240,7 +240,9 @@ class _Recording(dict):
         return super().__getitem__(name)
 
 
-def test_balms_per_phase_runs_end_to_end_on_digits(repo: Repo) -> None:
+def test_balms_per_phase_runs_end_to_end_on_digits(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo.params(
         {
             "data": {"draws": "per_phase"},
@@ -252,8 +254,8 @@ def test_balms_per_phase_runs_end_to_end_on_digits(repo: Repo) -> None:
             "loss": {"name": "balanced_softmax"},
         }
     )
-    for stage in ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune"):
-        repo.stage(stage)
+    stages = ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune")
+    run_stages(repo, stages, monkeypatch)
     info = json.loads((repo.root / "data/prepared/dataset.json").read_text())["draws"]
     assert info["mode"] == "per_phase"
     assert (

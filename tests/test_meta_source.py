@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Repo, git_init
+from conftest import Repo, git_init, run_stages
 from fakes import make_cifar_archive
 from test_decouple import COUNTS, images, make_job, parse, pretrained, run
 
@@ -124,7 +124,9 @@ def test_empty_val_meta_set_names_the_option() -> None:
         )
 
 
-def test_balms_cifar_recipe_trains_without_val(repo: Repo, tmp_path: Path) -> None:
+def test_balms_cifar_recipe_trains_without_val(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """BALMS on CIFAR: no val hold-out, meta set from train; the stages run and val stays empty."""
     archive = tmp_path / "cifar-100-python.tar.gz"
     md5 = make_cifar_archive(archive, kind="cifar100", train_per_class=12, test_per_class=1)
@@ -143,8 +145,8 @@ def test_balms_cifar_recipe_trains_without_val(repo: Repo, tmp_path: Path) -> No
             "loss": {"name": "balanced_softmax"},
         }
     )
-    for stage in ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune"):
-        repo.stage(stage)
+    stages = ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune")
+    run_stages(repo, stages, monkeypatch)
     counts = json.loads((repo.root / "data/prepared/class_counts.json").read_text())
     assert sum(counts["val"]) == 0
     assert counts["train"] == [int(12 * 0.1 ** (c / 99)) for c in range(100)]

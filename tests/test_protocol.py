@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import merge
+from conftest import merge, run_stages
 from test_train import (
     CLASSES,
     COUNTS,
@@ -264,7 +264,9 @@ def test_continue_refuses_what_cannot_continue(update: dict, match: str) -> None
         config.parse(merge(base, update))
 
 
-def test_stages_continue_pretrains_optimiser_through_params(digits_repo) -> None:
+def test_stages_continue_pretrains_optimiser_through_params(
+    digits_repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """pretrain (2 epochs) + finetune (2, continue): the LR schedule runs on over 4 epochs."""
     repo = digits_repo
     optim = {
@@ -282,8 +284,7 @@ def test_stages_continue_pretrains_optimiser_through_params(digits_repo) -> None
             "finetune": {**optim, "epochs": 2, "mode": "full", "optimizer": "continue"},
         }
     )
-    for stage in ("pretrain", "finetune"):
-        repo.stage(stage)
+    run_stages(repo, ("pretrain", "finetune"), monkeypatch)
     metrics = json.loads((repo.root / "metrics" / "finetune.json").read_text())
     # After 4 epochs of one schedule both milestones have passed: 0.1 * 0.1^2. A fresh finetune
     # would be at its own epoch 2: 0.1 * 0.1.

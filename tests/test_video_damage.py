@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import Repo, git_init
+from conftest import Repo, git_init, run_stages
 from test_video import TINY, context, digits_tree, egtea_root  # noqa: F401 (fixtures)
 
 from longtail.config import Config, DataConfig, FramesConfig
@@ -152,7 +152,9 @@ def test_an_undecodable_test_clip_is_scored_as_wrong(
     assert TINY.test_per_class == 1
 
 
-def test_evaluate_reports_listed_and_scored_clips(repo: Repo) -> None:
+def test_evaluate_reports_listed_and_scored_clips(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     git_init(repo)
     repo.params(
         {
@@ -163,14 +165,14 @@ def test_evaluate_reports_listed_and_scored_clips(repo: Repo) -> None:
             "loss": {"name": "balanced_softmax"},
         }
     )
-    repo.stage("download")
-    repo.stage("inject_imbalance")
+    run_stages(repo, ("download", "inject_imbalance"), monkeypatch)
     test = base.read_manifest(repo.root / "data/prepared", "test")
     clip = repo.root / "data/raw/moving_digits" / video.CLIPS_DIR / f"{test['clip'][3]}.mp4"
     clip.write_bytes(zero_second_half_of_stream(clip.read_bytes()))
-    for stage in ("extract_frames", "pretrain", "finetune"):
-        repo.stage(stage)
-    out = repo.stage("evaluate").stdout
+    run_stages(repo, ("extract_frames", "pretrain", "finetune"), monkeypatch)
+    capsys.readouterr()
+    run_stages(repo, ("evaluate",), monkeypatch)
+    out = capsys.readouterr().out
     result = json.loads((repo.root / "metrics/evaluate.json").read_text())
     assert (result["num_samples"], result["num_scored"]) == (20, 19)
     assert "20 test samples listed, 19 scored: 1 could not be decoded" in out
