@@ -94,7 +94,6 @@ def test_loan_command_runs_the_tiny_sequence_without_dvc(tmp_path: Path) -> None
     for module in ("dvclive", "dvc.api"):  # the simulated machine refuses them
         refused = python(f"import {module}")
         assert refused.returncode != 0 and "the GPU machine lacks" in refused.stderr
-    assert python("import torch, torchvision, yaml, longtail.pipeline").returncode == 0
 
     proc = subprocess.run(
         ["bash", "benchmarks/gpu_loan.sh", "--device", "cpu", "--tiny"],

@@ -2,14 +2,14 @@
 
 Each row of ``tools/recipes/*.yaml`` (docs/recipes.md's source) runs its own params plus size and
 epoch overrides only: at most one epoch per stage, small batches, no warmup, a few images per class
-(``data.n_max``, ``data.imbalance``, ``data.val_per_class`` scaled down so that every class keeps an
-image), 32-pixel images, 2 frames per clip, and the data paths of the fakes built here in the
-published layouts (CIFAR's python tarballs, ImageNet-LT / Places-LT / iNaturalist list files over
-JPEGs, EGTEA's clips and split files); a ``model.weights`` path becomes null (no ImageNet weights
-here), except for a row that starts from the weights without training (``pretrain.mode: weights``),
-which gets a stand-in file: the row's network with BatchNorm statistics measured on noise, so that
-its frozen eval-mode blocks stay finite. Everything else, the method, the sampler, the finetune mode
-and its options, is the row's.
+(``data.n_max``, ``data.imbalance``, ``data.val_per_class``, ``data.test_per_class`` scaled down so
+that every class keeps an image), 32-pixel images, 2 frames per clip, and the data paths of the
+fakes built here in the published layouts (CIFAR's python tarballs, ImageNet-LT / Places-LT /
+iNaturalist list files over JPEGs, EGTEA's clips and split files); a ``model.weights`` path becomes
+null (no ImageNet weights here), except for a row that starts from the weights without training
+(``pretrain.mode: weights``), which gets a stand-in file: the row's network with BatchNorm
+statistics measured on noise, so that its frozen eval-mode blocks stay finite. Everything else, the
+method, the sampler, the finetune mode and its options, is the row's.
 
 The stages run in-process (their ``main``), in a copy of the repository per dataset, whose data
 stages run once and are shared by the rows on that data; ``tests/test_reproduce.py`` runs the
@@ -122,10 +122,12 @@ def tiny(params: dict[str, Any], fakes: dict[str, Any]) -> dict[str, Any]:
     if out.get("finetune.meta_batch_size"):
         out["finetune.meta_batch_size"] = 6
     name = out.get("data.name", "digits")
-    if name in ("cifar10", "cifar100"):
+    if name == "digits":  # 50 training images in the head class (1 in the tail), 3 val, 3 test
+        out.update({"data.n_max": 50, "data.val_per_class": 3, "data.test_per_class": 3})
+    elif name in ("cifar10", "cifar100"):
         archive, md5 = fakes[name]
-        out.update({"data.archive": str(archive), "data.md5": md5, "data.n_max": 4})
-        out["data.imbalance"] = 4
+        out.update({"data.archive": str(archive), "data.md5": md5, "data.n_max": 2})
+        out["data.imbalance"] = 2
         if out.get("data.val_per_class"):
             out["data.val_per_class"] = 1
     elif name in IMAGE_LISTS:
