@@ -140,6 +140,11 @@ def repo(tmp_path: Path) -> Repo:
     return r
 
 
+# The stages in dvc.yaml's order; the first three prepare the data.
+STAGES = ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate")
+DATA_STAGES = STAGES[:3]
+
+
 def run_stages(repo: Repo, names: Iterable[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the stages ``names`` in ``repo``, in this process: each stage's ``main``, the code its
     script runs, without the interpreter start and imports (seconds) of a process per stage. For
@@ -149,9 +154,6 @@ def run_stages(repo: Repo, names: Iterable[str], monkeypatch: pytest.MonkeyPatch
     for name in names:
         importlib.import_module(f"stages.{name}").main()
         torch.set_num_threads(1)  # a stage may set its own count (train.cpu_threads)
-
-
-DATA_STAGES = ("download", "inject_imbalance", "extract_frames")
 
 
 @pytest.fixture(scope="session")

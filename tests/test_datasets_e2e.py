@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Repo, git_init, run_stages
+from conftest import STAGES, Repo, git_init, run_stages
 from fakes import make_cifar_archive, make_image_tree, make_list_files
 
-STAGES = ["download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate"]
 ONE_EPOCH = {
     "pretrain": {"epochs": 1, "batch_size": 32},
     "finetune": {"epochs": 1, "batch_size": 32},

@@ -25,7 +25,17 @@ from typing import Any
 import pytest
 import torch
 import trainers
-from conftest import REPO, TINY, TRACKED, Crash, CrashingSource, Repo, copy_repo, merge
+from conftest import (
+    DATA_STAGES,
+    REPO,
+    TINY,
+    TRACKED,
+    Crash,
+    CrashingSource,
+    Repo,
+    copy_repo,
+    merge,
+)
 from torch import nn
 
 from longtail import config, data, distributed, losses, samplers, train
@@ -621,7 +631,7 @@ def test_balms_retraining_on_two_ranks(clone: Repo) -> None:
 def test_dvc_exp_run_with_two_processes(dvc_repo: Repo) -> None:
     repo = dvc_repo  # the default pipeline reproduced on one process and committed
     exp = repo.dvc("exp", "run", "-S", "dist.nproc=2")
-    for stage in ("download", "inject_imbalance", "extract_frames"):
+    for stage in DATA_STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in exp.stdout
     for stage in ("pretrain", "finetune"):
         assert f"> python -m stages.launch 2 {stage}" in exp.stdout  # DVC resolved ${dist.nproc}

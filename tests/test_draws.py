@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import Repo, run_stages
+from conftest import DATA_STAGES, Repo, run_stages
 from fakes import downloaded_cifar
 from test_decouple import COUNTS, images, make_job, pretrained
 from test_decouple import run as run_mode
@@ -254,8 +254,7 @@ def test_balms_per_phase_runs_end_to_end_on_digits(
             "loss": {"name": "balanced_softmax"},
         }
     )
-    stages = ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune")
-    run_stages(repo, stages, monkeypatch)
+    run_stages(repo, (*DATA_STAGES, "pretrain", "finetune"), monkeypatch)
     info = json.loads((repo.root / "data/prepared/dataset.json").read_text())["draws"]
     assert info["mode"] == "per_phase"
     assert (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Repo, git_init, run_stages
+from conftest import DATA_STAGES, Repo, git_init, run_stages
 from fakes import make_cifar_archive
 from test_decouple import COUNTS, images, make_job, parse, pretrained, run
 
@@ -145,8 +145,7 @@ def test_balms_cifar_recipe_trains_without_val(
             "loss": {"name": "balanced_softmax"},
         }
     )
-    stages = ("download", "inject_imbalance", "extract_frames", "pretrain", "finetune")
-    run_stages(repo, stages, monkeypatch)
+    run_stages(repo, (*DATA_STAGES, "pretrain", "finetune"), monkeypatch)
     counts = json.loads((repo.root / "data/prepared/class_counts.json").read_text())
     assert sum(counts["val"]) == 0
     assert counts["train"] == [int(12 * 0.1 ** (c / 99)) for c in range(100)]

@@ -4,9 +4,7 @@ import json
 
 import pandas as pd
 import yaml
-from conftest import REPO, Repo, Reproduced
-
-STAGES = ["download", "inject_imbalance", "extract_frames", "pretrain", "finetune", "evaluate"]
+from conftest import DATA_STAGES, REPO, STAGES, Repo, Reproduced
 
 
 def test_dvc_repro_runs_every_stage_and_writes_its_outputs(reproduced: Reproduced) -> None:
@@ -32,7 +30,7 @@ def test_dvc_repro_runs_every_stage_and_writes_its_outputs(reproduced: Reproduce
 
 def test_exp_run_reuses_pretrain(dvc_repo: Repo) -> None:
     exp = dvc_repo.dvc("exp", "run", "-S", "loss.tau=1.5")
-    for stage in ("download", "inject_imbalance", "extract_frames", "pretrain"):
+    for stage in (*DATA_STAGES, "pretrain"):
         assert f"Stage '{stage}' didn't change, skipping" in exp.stdout
     for stage in ("finetune", "evaluate"):
         assert f"Running stage '{stage}'" in exp.stdout
@@ -64,7 +62,7 @@ def test_training_seed_does_not_redraw_the_data(dvc_repo: Repo) -> None:
     repo = dvc_repo
     before = pd.read_csv(repo.root / "data/prepared/train.csv")
     exp = repo.dvc("exp", "run", "-S", "seed=1")
-    for stage in ("download", "inject_imbalance", "extract_frames"):
+    for stage in DATA_STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in exp.stdout, exp.stdout
     for stage in ("pretrain", "finetune", "evaluate"):
         assert f"Running stage '{stage}'" in exp.stdout

@@ -11,9 +11,9 @@ null (no ImageNet weights here), except for a row that starts from the weights w
 statistics measured on noise, so that its frozen eval-mode blocks stay finite. Everything else, the
 method, the sampler, the finetune mode and its options, is the row's.
 
-The stages run in-process (their ``main``), in a copy of the repository per dataset, whose data
-stages run once and are shared by the rows on that data; ``tests/test_reproduce.py`` runs the
-digits table through DVC as a user would.
+The stages run in-process (their ``main``: conftest.run_stages), in a copy of the repository per
+dataset, whose data stages run once and are shared by the rows on that data;
+``tests/test_reproduce.py`` runs the digits table through DVC as a user would.
 """
 
 from __future__ import annotations
@@ -26,20 +26,17 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import REPO, TRACKED, copy_repo, merge
+from conftest import DATA_STAGES, REPO, STAGES, TRACKED, Repo, copy_repo, merge, run_stages
 from fakes import make_cifar_archive, make_image_tree
 from test_video import EGTEA_CLIPS, EGTEA_TEST, write_egtea
 from test_video import TINY as TINY_VIDEO
 
 from longtail.data import video
-from stages import download, evaluate, extract_frames, finetune, inject_imbalance, pretrain
 from tools import recipes
 
 # Each row runs the stages in-process on fake data: seconds each, so end-to-end.
 pytestmark = pytest.mark.e2e
 
-DATA_STAGES = (download, inject_imbalance, extract_frames)
-TRAIN_STAGES = (pretrain, finetune, evaluate)
 ROWS = [(t, r) for t in recipes.TABLES for r in t.rows]
 IMAGE_LISTS = {
     "imagenet_lt": {s: f"ImageNet_LT_{s}.txt" for s in ("train", "val", "test")},
@@ -177,14 +174,9 @@ def test_recipe_runs_end_to_end(
     (root / "params.yaml").write_text(
         yaml.safe_dump(merge(defaults, nest(params)), sort_keys=False)
     )
-    monkeypatch.chdir(root)
     shutil.rmtree(root / "checkpoints", ignore_errors=True)
-    if not (root / "data" / "frames").exists():
-        for stage in DATA_STAGES:
-            stage.main()
-    torch.set_num_threads(1)
-    for stage in TRAIN_STAGES:
-        stage.main()
+    data_done = (root / "data" / "frames").exists()  # by an earlier row on the same data
+    run_stages(Repo(root), STAGES[len(DATA_STAGES) :] if data_done else STAGES, monkeypatch)
     result = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= result["top1"] <= 100.0
     assert result["finetune_mode"] == params.get("finetune.mode", defaults["finetune"]["mode"])
