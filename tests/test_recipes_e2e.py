@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import DATA_STAGES, REPO, STAGES, TRACKED, Repo, copy_repo, merge, run_stages
+from conftest import DATA_STAGES, REPO, STAGES, TRACKED, Repo, copy_repo, run_stages
 from fakes import make_cifar_archive, make_image_tree
 from test_video import EGTEA_CLIPS, EGTEA_TEST, write_egtea
 from test_video import TINY as TINY_VIDEO
@@ -43,18 +43,6 @@ IMAGE_LISTS = {
     "places_lt": {s: f"Places_LT_{s}.txt" for s in ("train", "val", "test")},
     "inat2018": {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
 }
-
-
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys to a nested dict, as DVC writes ``-S`` overrides into params.yaml."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +160,7 @@ def test_recipe_runs_end_to_end(
     root = workspace(params, tmp_path_factory.getbasetemp() / "recipes")
     defaults = yaml.safe_load((REPO / "params.yaml").read_text())
     (root / "params.yaml").write_text(
-        yaml.safe_dump(merge(defaults, nest(params)), sort_keys=False)
+        yaml.safe_dump(recipes.applied(defaults, params), sort_keys=False)
     )
     shutil.rmtree(root / "checkpoints", ignore_errors=True)
     data_done = (root / "data" / "frames").exists()  # by an earlier row on the same data

@@ -138,23 +138,11 @@ def _filled(p: Published) -> Counts:
 # ---------------------------------------------------------------------------------- resolution
 def resolve(params: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> Config:
     """``params.yaml`` with the row's dotted keys on top, parsed as the stages parse it."""
-    from tools.recipes import REPO
+    from tools.recipes import REPO, applied
 
     if base is None:
         base = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw = _merged(base, params)
-    return parse(raw)
-
-
-def _merged(base: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
-    out = yaml.safe_load(yaml.safe_dump(dict(base)))
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+    return parse(applied(base, params))
 
 
 @dataclass(frozen=True)

@@ -383,6 +383,19 @@ def _listed(params: Mapping[str, Any], key: str) -> bool:
     return True
 
 
+def applied(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the parsed params.yaml ``base`` with the row's dotted keys set, as ``dvc exp run
+    -S key=value`` writes them into params.yaml."""
+    out = yaml.safe_load(yaml.safe_dump(dict(base)))
+    for key, value in params.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def overrides(params: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> list[str]:
     """``key=value`` strings for ``dvc exp run -S``; ``++key`` for keys ``base`` does not list.
 
